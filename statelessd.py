@@ -1,0 +1,1001 @@
+"""statelessd: a stateless HTTP to AMQP publishing gateway.
+
+The edge of statelessd: command line, configuration, the master process
+that forks one worker per port, and HTTP request handling.  Publishing
+lives in statelessd_amqp, counting in statelessd_stats.
+"""
+import argparse
+import base64
+import binascii
+import decimal
+import email.message
+import email.parser
+import email.utils
+import errno
+import http
+import http.server
+import json
+import logging
+import logging.config
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+
+import yaml
+
+import statelessd_amqp
+import statelessd_stats
+
+__version__ = '1.0.0'
+
+LOGGER = logging.getLogger('statelessd')
+
+#: Seconds a client is told to wait before retrying a 503.
+RETRY_AFTER = 5
+#: The original project's handler names, accepted in the Routes section.
+ROUTE_HANDLERS = ('statelessd.Publisher', 'statelessd.Stats',
+                  'statelessd.Dashboard')
+#: AMQP short strings (names, most properties) hold at most this many bytes.
+SHORT_STRING = 255
+SHORT_STRING_FIELDS = ('app_id', 'content_encoding', 'content_type',
+                       'correlation_id', 'message_id', 'reply_to', 'type',
+                       'user_id')
+FIELD_ALIASES = {'expire': 'expiration'}
+TRUE_WORDS = ('1', 'true', 'yes', 'on')
+FALSE_WORDS = ('0', 'false', 'no', 'off', '')
+
+
+class ConfigError(Exception):
+    """A configuration value statelessd cannot run with."""
+
+
+class HTTPError(Exception):
+    """A request statelessd answers with an error status."""
+
+    def __init__(self, status, reason, headers=None):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers or {}
+
+
+# -- configuration -----------------------------------------------------------
+
+class Config:
+    """The validated configuration, with defaults for everything missing."""
+
+    def __init__(self, document):
+        if document is None:
+            document = {}
+        if not isinstance(document, dict):
+            raise ConfigError('the configuration must be a mapping of '
+                              'sections')
+        daemon = section(document, 'Daemon')
+        application = section(document, 'Application')
+        rabbitmq = section(application, 'rabbitmq', 'Application.')
+        server = section(document, 'HTTPServer')
+
+        # Daemon: where the master writes its pid.
+        self.pidfile = optional_string(daemon, 'pidfile', 'Daemon.')
+
+        # Application: debug enables Logging handlers marked debug_only.
+        self.debug = boolean(application, 'debug', False, 'Application.')
+        # Application.rabbitmq: the broker, and how long to wait for it.
+        prefix = 'Application.rabbitmq.'
+        self.broker_hosts = broker_hosts(rabbitmq)
+        self.heartbeat = integer(rabbitmq, 'heartbeat', 60, prefix, 0)
+        self.connect_timeout = number(rabbitmq, 'connect_timeout', 5.0,
+                                      prefix)
+        self.confirm_timeout = number(rabbitmq, 'confirm_timeout', 10.0,
+                                      prefix)
+        self.shutdown_timeout = number(rabbitmq, 'shutdown_timeout', 10.0,
+                                       prefix)
+        self.max_queue_size = integer(rabbitmq, 'max_queue_size', 10000,
+                                      prefix, 1)
+        self.confirm = boolean(rabbitmq, 'confirm', False, prefix)
+
+        # HTTPServer: what to bind, and the limits of one request.
+        self.address = string(server, 'address', '0.0.0.0', 'HTTPServer.')
+        self.ports = ports(server)
+        self.keep_alive = not boolean(server, 'no_keep_alive', False,
+                                      'HTTPServer.')
+        self.xheaders = boolean(server, 'xheaders', False, 'HTTPServer.')
+        self.max_body_size = integer(server, 'max_body_size', 10485760,
+                                     'HTTPServer.', 0)
+        self.socket_timeout = number(server, 'socket_timeout', 75.0,
+                                     'HTTPServer.')
+
+        check_routes(document.get('Routes'))
+        self.logging = logging_config(document.get('Logging'), self.debug)
+
+    def broker_settings(self, port):
+        return statelessd_amqp.Settings(
+            hosts=self.broker_hosts, heartbeat=self.heartbeat,
+            connect_timeout=self.connect_timeout,
+            max_queue_size=self.max_queue_size,
+            confirm_timeout=self.confirm_timeout, port=port)
+
+
+def load_config(path):
+    try:
+        with open(path, 'rb') as handle:
+            document = yaml.safe_load(handle)
+    except OSError as error:
+        raise ConfigError('%s: %s' % (path, error.strerror)) from None
+    except yaml.YAMLError as error:
+        raise ConfigError('%s: not valid YAML: %s'
+                          % (path, str(error).replace('\n', ' '))) from None
+    return Config(document)
+
+
+def section(parent, name, prefix=''):
+    value = parent.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError('%s%s: must be a mapping' % (prefix, name))
+    return value
+
+
+def boolean(parent, name, default, prefix):
+    value = parent.get(name, default)
+    if not isinstance(value, bool):
+        raise ConfigError('%s%s: %r is not true or false'
+                          % (prefix, name, value))
+    return value
+
+
+def number(parent, name, default, prefix):
+    value = parent.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or value <= 0:
+        raise ConfigError('%s%s: %r is not a positive number of seconds'
+                          % (prefix, name, value))
+    return float(value)
+
+
+def integer(parent, name, default, prefix, minimum):
+    value = parent.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or value < minimum:
+        raise ConfigError('%s%s: %r is not a whole number of at least %d'
+                          % (prefix, name, value, minimum))
+    return value
+
+
+def string(parent, name, default, prefix):
+    value = parent.get(name, default)
+    if not isinstance(value, str) or not value:
+        raise ConfigError('%s%s: %r is not a string' % (prefix, name, value))
+    return value
+
+
+def optional_string(parent, name, prefix):
+    if parent.get(name) is None:
+        return None
+    return string(parent, name, None, prefix)
+
+
+def port_number(value, key):
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not 0 < value < 65536:
+        raise ConfigError('%s: %r is not a port number' % (key, value))
+    return value
+
+
+def ports(server):
+    value = server.get('ports', [8000])
+    if not isinstance(value, list):
+        value = [value]
+    if not value:
+        raise ConfigError('HTTPServer.ports: lists no port')
+    result = [port_number(port, 'HTTPServer.ports[%d]' % index)
+              for index, port in enumerate(value)]
+    if len(set(result)) != len(result):
+        raise ConfigError('HTTPServer.ports: lists a port twice')
+    return result
+
+
+def broker_hosts(rabbitmq):
+    """Application.rabbitmq.host: one host or a list of host[:port] nodes."""
+    default_port = port_number(rabbitmq.get('port', 5672),
+                               'Application.rabbitmq.port')
+    value = rabbitmq.get('host', 'localhost')
+    names = value if isinstance(value, list) else [value]
+    if not names:
+        raise ConfigError('Application.rabbitmq.host: lists no host')
+    hosts = []
+    for index, name in enumerate(names):
+        key = 'Application.rabbitmq.host'
+        if isinstance(value, list):
+            key += '[%d]' % index
+        if not isinstance(name, str) or not name:
+            raise ConfigError('%s: %r is not a host name' % (key, name))
+        host, _, port = name.rpartition(':')
+        if host and ']' not in port:
+            hosts.append((host.strip('[]'), port_number(port, key)))
+        else:
+            hosts.append((name.strip('[]'), default_port))
+    return hosts
+
+
+def check_routes(routes):
+    """Accept the original Routes section; its paths are fixed here."""
+    if routes is None:
+        return
+    if not isinstance(routes, list):
+        raise ConfigError('Routes: must be a list of [pattern, handler]')
+    for index, route in enumerate(routes):
+        if not (isinstance(route, list) and len(route) == 2):
+            raise ConfigError('Routes[%d]: %r is not [pattern, handler]'
+                              % (index, route))
+        if route[1] not in ROUTE_HANDLERS:
+            raise ConfigError('Routes[%d]: %r is not a statelessd handler '
+                              '(one of %s)' % (index, route[1],
+                                               ', '.join(ROUTE_HANDLERS)))
+
+
+def logging_config(mapping, debug):
+    """The Logging section, minus debug_only handlers unless debugging."""
+    if mapping is None:
+        return {'version': 1, 'disable_existing_loggers': False,
+                'formatters': {'plain': {
+                    'format': '%(asctime)s %(levelname)s %(process)d '
+                              '%(name)s: %(message)s'}},
+                'handlers': {'console': {'class': 'logging.StreamHandler',
+                                         'formatter': 'plain'}},
+                'loggers': {'pika': {'level': 'WARNING'}},
+                'root': {'level': 'DEBUG' if debug else 'INFO',
+                         'handlers': ['console']}}
+    if not isinstance(mapping, dict):
+        raise ConfigError('Logging: must be a logging.config mapping')
+    mapping = json.loads(json.dumps(mapping))
+    mapping.setdefault('version', 1)
+    handlers = mapping.get('handlers') or {}
+    dropped = set()
+    for name, handler in list(handlers.items()):
+        if isinstance(handler, dict) and handler.pop('debug_only', False) \
+                and not debug:
+            dropped.add(name)
+            del handlers[name]
+    loggers = list((mapping.get('loggers') or {}).values())
+    loggers.append(mapping.get('root') or {})
+    for logger in loggers:
+        if isinstance(logger, dict) and logger.get('handlers'):
+            logger['handlers'] = [h for h in logger['handlers']
+                                  if h not in dropped]
+    return mapping
+
+
+def configure_logging(mapping):
+    try:
+        logging.config.dictConfig(mapping)
+    except (ValueError, TypeError, AttributeError, ImportError) as error:
+        cause = error.__cause__ or error
+        raise ConfigError('Logging: %s: %s' % (error, cause)) from None
+
+
+# -- request parsing -----------------------------------------------------------
+
+def decode_segment(segment, what):
+    try:
+        return urllib.parse.unquote_to_bytes(segment).decode('utf-8')
+    except UnicodeDecodeError:
+        raise HTTPError(400, 'the %s in the path is not valid UTF-8'
+                        % what) from None
+
+
+def publish_target(path):
+    """(vhost, exchange, routing_key) of a publish path, or None."""
+    segments = path.split('/')
+    if len(segments) != 4 or segments[0] or not segments[1]:
+        return None
+    vhost = decode_segment(segments[1], 'vhost')
+    exchange = decode_segment(segments[2], 'exchange')
+    routing_key = decode_segment(segments[3], 'routing key')
+    for name, value in (('exchange', exchange), ('routing key', routing_key),
+                        ('vhost', vhost)):
+        if len(value.encode('utf-8')) > SHORT_STRING:
+            raise HTTPError(400, 'the %s is longer than %d bytes'
+                            % (name, SHORT_STRING))
+    return vhost, exchange, routing_key
+
+
+def basic_credentials(header):
+    """(user, password) from an Authorization header, or a 401."""
+    scheme, _, encoded = (header or '').strip().partition(' ')
+    if scheme.lower() != 'basic' or not encoded.strip():
+        raise unauthorized('HTTP Basic credentials are required')
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+        user, colon, password = decoded.decode('utf-8').partition(':')
+    except (binascii.Error, UnicodeDecodeError):
+        raise unauthorized('the Basic credentials are not valid base64 of '
+                           'UTF-8 user:password') from None
+    if not colon or not user:
+        raise unauthorized('the Basic credentials need a user and a '
+                           'password separated by a colon')
+    return user, password
+
+
+def unauthorized(reason):
+    return HTTPError(401, reason,
+                     {'WWW-Authenticate': 'Basic realm="statelessd"'})
+
+
+def query_flag(query, name, default):
+    values = query.get(name)
+    if not values:
+        return default
+    word = values[-1].strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise HTTPError(400, 'the query parameter %s must be 1 or 0' % name)
+
+
+def form_fields(content_type, body):
+    """[(name, bytes value)] from a urlencoded or multipart/form-data body."""
+    header = email.message.Message()
+    header['Content-Type'] = content_type or \
+        'application/x-www-form-urlencoded'
+    kind = header.get_content_type()
+    if kind == 'application/x-www-form-urlencoded':
+        return urlencoded_fields(body)
+    if kind == 'multipart/form-data':
+        boundary = header.get_param('boundary')
+        if not boundary or not isinstance(boundary, str):
+            raise HTTPError(400, 'the multipart Content-Type has no boundary')
+        return multipart_fields(body, boundary.encode('latin-1'))
+    raise HTTPError(415, 'Content-Type %s is not supported: send '
+                    'application/x-www-form-urlencoded or '
+                    'multipart/form-data' % kind)
+
+
+def urlencoded_fields(body):
+    """Percent-decode byte-exact: latin-1 maps every byte to one character
+    and back, where parse_qsl on bytes would re-encode through UTF-8."""
+    pairs = urllib.parse.parse_qsl(body.decode('latin-1'),
+                                   keep_blank_values=True,
+                                   encoding='latin-1')
+    return [(name.encode('latin-1').decode('utf-8', 'replace'),
+             value.encode('latin-1')) for name, value in pairs]
+
+
+def multipart_fields(body, boundary):
+    """Parse multipart/form-data byte-exact: part contents are never decoded.
+
+    The standard library's email parser normalises line endings in parts,
+    so the parts are cut at their delimiters by hand.
+    """
+    delimiter = b'--' + boundary
+    start = body.find(delimiter)
+    if start < 0 or (start > 0 and body[start - 2:start] != b'\r\n'):
+        raise HTTPError(400, 'the multipart body has no part delimited by '
+                        'its boundary')
+    fields = []
+    position = start + len(delimiter)
+    while not body.startswith(b'--', position):
+        line_end = body.find(b'\r\n', position)
+        if line_end < 0:
+            raise HTTPError(400, 'the multipart body is truncated')
+        if body.startswith(b'\r\n', line_end + 2):
+            head, content_start = b'', line_end + 4
+        else:
+            head_end = body.find(b'\r\n\r\n', line_end)
+            if head_end < 0:
+                raise HTTPError(400, 'a multipart part has no end of headers')
+            head, content_start = body[line_end + 2:head_end], head_end + 4
+        content_end = body.find(b'\r\n' + delimiter, content_start)
+        if content_end < 0:
+            raise HTTPError(400, 'the multipart body is truncated: no closing '
+                            'boundary')
+        fields.append((part_name(head), body[content_start:content_end]))
+        position = content_end + 2 + len(delimiter)
+    return fields
+
+
+def part_name(head):
+    headers = email.parser.BytesHeaderParser().parsebytes(head + b'\r\n\r\n')
+    name = headers.get_param('name', header='content-disposition')
+    if not name:
+        raise HTTPError(400, 'a multipart part has no Content-Disposition '
+                        'name')
+    return email.utils.collapse_rfc2231_value(name)
+
+
+def message_fields(pairs):
+    """Normalise field names: hyphens are underscores, expire is expiration.
+
+    PHP-style headers[name]=value fields are gathered into one mapping.
+    The last of repeated fields wins, as it did in the original.
+    """
+    fields, headers = {}, {}
+    for name, value in pairs:
+        if name.startswith('headers[') and name.endswith(']'):
+            headers[name[8:-1]] = text(value, 'headers[%s]' % name[8:-1])
+            continue
+        name = name.replace('-', '_')
+        fields[FIELD_ALIASES.get(name, name)] = value
+    return fields, headers
+
+
+def text(value, field):
+    try:
+        return value.decode('utf-8')
+    except UnicodeDecodeError:
+        raise bad_field(field, 'is not valid UTF-8') from None
+
+
+def bad_field(field, problem):
+    return HTTPError(400, 'field %s %s' % (field, problem))
+
+
+def whole_number(fields, field, low, high):
+    value = text(fields[field], field).strip()
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise bad_field(field, 'must be a whole number from %d to %d, not %r'
+                        % (low, high, value[:40]))
+    return int(value)
+
+
+def json_headers(value):
+    try:
+        headers = json.loads(text(value, 'headers'),
+                             parse_float=decimal.Decimal)
+    except ValueError as error:
+        raise bad_field('headers', 'is not valid JSON: %s' % error) from None
+    if not isinstance(headers, dict):
+        raise bad_field('headers', 'must be a JSON object')
+    return headers
+
+
+def message_properties(fields, bracket_headers, user):
+    """The AMQP properties a request's form fields ask for, validated."""
+    properties = {}
+    for field in SHORT_STRING_FIELDS:
+        if field in fields:
+            value = text(fields[field], field)
+            if len(value.encode('utf-8')) > SHORT_STRING:
+                raise bad_field(field, 'is longer than %d bytes'
+                                % SHORT_STRING)
+            properties[field] = value
+    if 'user_id' in properties and properties['user_id'] != user:
+        raise bad_field('user_id', 'must be the authenticated user %r, '
+                        'RabbitMQ rejects any other' % user)
+    if 'delivery_mode' in fields:
+        properties['delivery_mode'] = whole_number(fields, 'delivery_mode',
+                                                   1, 2)
+    if 'priority' in fields:
+        properties['priority'] = whole_number(fields, 'priority', 0, 255)
+    if 'timestamp' in fields:
+        properties['timestamp'] = whole_number(fields, 'timestamp', 0,
+                                               2 ** 63 - 1)
+    if 'expiration' in fields:
+        properties['expiration'] = str(
+            whole_number(fields, 'expiration', 0, 2 ** 32 - 1))
+    headers = json_headers(fields['headers']) if 'headers' in fields else {}
+    headers.update(bracket_headers)
+    for name in headers:
+        if len(name.encode('utf-8')) > SHORT_STRING:
+            raise bad_field('headers', 'has a name longer than %d bytes'
+                            % SHORT_STRING)
+    if headers:
+        properties['headers'] = headers
+    return properties
+
+
+# -- HTTP ------------------------------------------------------------------------
+
+ERROR_STATUS = {
+    statelessd_amqp.LoginRefused: 401,
+    statelessd_amqp.AccessRefused: 403,
+    statelessd_amqp.ExchangeRefused: 403,
+    statelessd_amqp.ExchangeNotFound: 404,
+    statelessd_amqp.Unroutable: 422,
+    statelessd_amqp.BrokerUnavailable: 503,
+    statelessd_amqp.QueueFull: 503,
+    statelessd_amqp.Nacked: 503,
+    statelessd_amqp.ConfirmTimeout: 504,
+}
+
+
+def publish_error(error):
+    status = ERROR_STATUS[type(error)]
+    if status == 401:
+        return unauthorized(error.reason)
+    headers = {'Retry-After': str(RETRY_AFTER)} if status == 503 else None
+    return HTTPError(status, error.reason, headers)
+
+
+class Worker:
+    """What the request threads of one worker process share."""
+
+    def __init__(self, config, port):
+        self.config = config
+        self.port = port
+        self.host = socket.gethostname()
+        self.registry = statelessd_amqp.Registry(config.broker_settings(port))
+        self.requests = statelessd_stats.RequestCounters()
+        self.in_flight = 0
+        self.in_flight_lock = threading.Lock()
+
+    def stats(self):
+        return statelessd_stats.stats_document(
+            self.host, self.port, self.requests, self.registry.report())
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """Routes /stats, / and /<vhost>/<exchange>/<routing_key>."""
+
+    server_version = 'statelessd/' + __version__
+    protocol_version = 'HTTP/1.1'
+    error_content_type = 'application/json'
+
+    @property
+    def worker(self):
+        return self.server.worker
+
+    def setup(self):
+        self.timeout = self.worker.config.socket_timeout
+        super().setup()
+
+    def parse_request(self):
+        self.started = time.monotonic()
+        self.status = None
+        if not super().parse_request():
+            return False
+        if not self.worker.config.keep_alive:
+            self.close_connection = True
+        return True
+
+    def do_GET(self):
+        self.dispatch('GET')
+
+    def do_HEAD(self):
+        self.dispatch('HEAD')
+
+    def do_POST(self):
+        self.dispatch('POST')
+
+    def do_PUT(self):
+        self.dispatch('PUT')
+
+    def do_DELETE(self):
+        self.dispatch('DELETE')
+
+    def do_PATCH(self):
+        self.dispatch('PATCH')
+
+    def do_OPTIONS(self):
+        self.dispatch('OPTIONS')
+
+    def dispatch(self, method):
+        with self.worker.in_flight_lock:
+            self.worker.in_flight += 1
+        try:
+            self.route(method)
+        except HTTPError as error:
+            self.send_json_error(error)
+        except Exception:
+            LOGGER.exception('Unexpected error handling %s %s', method,
+                             self.path.split('?')[0])
+            self.send_json_error(HTTPError(500, 'statelessd failed to handle '
+                                           'the request; see its log'))
+        finally:
+            with self.worker.in_flight_lock:
+                self.worker.in_flight -= 1
+        self.worker.requests.record(method, self.status or 500,
+                                    time.monotonic() - self.started)
+
+    def route(self, method):
+        path, _, query = self.path.partition('?')
+        if path in ('/', '/stats'):
+            if method not in ('GET', 'HEAD'):
+                raise HTTPError(405, '%s accepts GET' % path,
+                                {'Allow': 'GET, HEAD'})
+            if path == '/stats':
+                self.send_body(200, 'application/json',
+                               json.dumps(self.worker.stats()).encode())
+            else:
+                self.send_body(200, 'text/html; charset=utf-8', DASHBOARD)
+            return
+        target = publish_target(path)
+        if target is None:
+            raise HTTPError(404, 'no such resource: publish to '
+                            '/<vhost>/<exchange>/<routing_key>')
+        if method != 'POST':
+            raise HTTPError(405, 'a publish path accepts POST only',
+                            {'Allow': 'POST'})
+        self.publish(target, urllib.parse.parse_qs(query))
+
+    def publish(self, target, query):
+        vhost, exchange, routing_key = target
+        user, password = basic_credentials(self.headers.get('Authorization'))
+        content_type = self.headers.get('Content-Type')
+        confirm = query_flag(query, 'confirm', self.worker.config.confirm)
+        mandatory = query_flag(query, 'mandatory', False)
+        fields, headers = message_fields(form_fields(content_type,
+                                                     self.read_body()))
+        properties = message_properties(fields, headers, user)
+        try:
+            basic_properties = statelessd_amqp.basic_properties(properties)
+        except ValueError as error:
+            raise bad_field('headers', 'cannot be sent over AMQP: %s'
+                            % error) from None
+        try:
+            publisher = self.worker.registry.publisher_for(vhost, user,
+                                                           password)
+            message = statelessd_amqp.Message(
+                exchange, routing_key, fields.get('body', b''),
+                basic_properties, mandatory,
+                wait=confirm or not publisher.knows_exchange(exchange))
+            publisher.submit(message)
+            self.await_outcome(message, confirm)
+        except statelessd_amqp.PublishError as error:
+            raise publish_error(error) from None
+        self.send_body(204)
+
+    def await_outcome(self, message, confirm):
+        if message.done is None:
+            return
+        timeout = self.worker.config.confirm_timeout
+        if not message.done.wait(timeout):
+            message.abandoned = True
+            if confirm:
+                raise statelessd_amqp.ConfirmTimeout(
+                    'RabbitMQ did not confirm the message within %ss'
+                    % timeout)
+            raise statelessd_amqp.BrokerUnavailable(
+                'RabbitMQ did not take the message within %ss' % timeout)
+        if message.error is not None:
+            raise message.error
+
+    def read_body(self):
+        """The request body, within HTTPServer.max_body_size."""
+        limit = self.worker.config.max_body_size
+        if 'chunked' in self.headers.get('Transfer-Encoding', '').lower():
+            return self.read_chunked(limit)
+        length = self.headers.get('Content-Length', '0').strip()
+        if not length.isdigit():
+            raise HTTPError(400, 'Content-Length %r is not a number'
+                            % length[:20])
+        length = int(length)
+        if length > limit:
+            raise HTTPError(413, 'the body of %d bytes exceeds the limit of '
+                            '%d bytes' % (length, limit))
+        body = self.rfile.read(length)
+        if len(body) != length:
+            raise HTTPError(400, 'the body ended after %d of %d bytes'
+                            % (len(body), length))
+        return body
+
+    def read_chunked(self, limit):
+        chunks, size = [], 0
+        while True:
+            line = self.rfile.readline(1024).split(b';')[0].strip()
+            try:
+                length = int(line, 16)
+            except ValueError:
+                raise HTTPError(400, 'a chunk size is malformed') from None
+            size += length
+            if size > limit:
+                raise HTTPError(413, 'the body exceeds the limit of %d bytes'
+                                % limit)
+            if not length:
+                while self.rfile.readline(1024) not in (b'\r\n', b'\n', b''):
+                    pass
+                return b''.join(chunks)
+            chunks.append(self.rfile.read(length))
+            self.rfile.readline(1024)
+
+    def send_body(self, status, content_type=None, body=b'', headers=None):
+        self.status = status
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if status != 204:
+            self.send_header('Content-Type', content_type)
+            self.send_header('Content-Length', str(len(body)))
+        if self.close_connection:
+            self.send_header('Connection', 'close')
+        self.end_headers()
+        if self.command != 'HEAD':
+            self.wfile.write(body)
+
+    def send_json_error(self, error):
+        """Errors are short JSON; unread request bodies close the connection."""
+        if error.status < 500 or error.status == 501:
+            self.close_connection = True
+        body = json.dumps({'error': http.HTTPStatus(error.status).phrase,
+                           'reason': error.reason}).encode()
+        self.send_body(error.status, 'application/json', body, error.headers)
+
+    def send_error(self, code, message=None, explain=None):
+        """Answer errors the stdlib detects (bad request line...) as JSON."""
+        self.close_connection = True
+        self.send_json_error(HTTPError(code, explain or message or
+                                       http.HTTPStatus(code).phrase))
+        if getattr(self, 'started', None) is not None:
+            self.worker.requests.record(self.command or 'UNKNOWN', code,
+                                        time.monotonic() - self.started)
+
+    def address_string(self):
+        if self.worker.config.xheaders:
+            forwarded = (self.headers.get('X-Real-IP') or
+                         self.headers.get('X-Forwarded-For', '')
+                         .split(',')[0]).strip()
+            if forwarded:
+                return forwarded
+        return self.client_address[0]
+
+    def log_message(self, format, *args):
+        LOGGER.debug('%s %s', self.address_string(), format % args)
+
+    def log_request(self, code='-', size='-'):
+        LOGGER.info('%s "%s" %s %.1fms', self.address_string(),
+                    self.requestline, code,
+                    (time.monotonic() - self.started) * 1000)
+
+
+DASHBOARD = b"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>statelessd</title>
+<style>body{font-family:sans-serif;margin:2em}td,th{padding:.2em .8em;
+text-align:left}</style></head>
+<body><h1>statelessd</h1><p id="port"></p>
+<table><thead><tr><th>vhost:user</th><th>connected</th><th>publishes</th>
+<th>queue</th></tr></thead><tbody id="rows"></tbody></table>
+<script>
+fetch('/stats').then(r => r.json()).then(s => {
+  document.getElementById('port').textContent = 'port ' + s.port;
+  const rows = document.getElementById('rows');
+  for (const [key, c] of Object.entries(s.connections)) {
+    const tr = rows.insertRow();
+    for (const v of [key, c.connected, c.publishes, c.queue_size])
+      tr.insertCell().textContent = v;
+  }
+});
+</script></body></html>
+"""
+
+
+class Server(http.server.ThreadingHTTPServer):
+    """One port's HTTP server; created by the master, served by a worker."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address, port):
+        self.address_family = (socket.AF_INET6 if ':' in address
+                               else socket.AF_INET)
+        super().__init__((address, port), Handler)
+        self.worker = None
+
+
+# -- processes -------------------------------------------------------------------
+
+def run_worker(config, server):
+    """Serve one port until SIGTERM, then drain and exit."""
+    server.worker = Worker(config, server.server_address[1])
+
+    def stop(signum, frame):
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    LOGGER.info('Worker %d serving port %d', os.getpid(), server.worker.port)
+    server.serve_forever()
+    finish_requests(server.worker, config.shutdown_timeout)
+    left = server.worker.registry.stop(config.shutdown_timeout)
+    if left:
+        LOGGER.error('Port %d stopped with %d messages unconfirmed',
+                     server.worker.port, left)
+    LOGGER.info('Worker %d for port %d stopped', os.getpid(),
+                server.worker.port)
+
+
+def finish_requests(worker, timeout):
+    deadline = time.monotonic() + timeout
+    while worker.in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+class Master:
+    """Forks a worker per port, restarts the ones that die, stops them all.
+
+    Signal handlers only note the signal and write to a pipe; the main loop
+    does the work, as in gunicorn's arbiter.
+    """
+
+    RESTART_BACKOFF_MAX = 30.0
+
+    def __init__(self, config):
+        self.config = config
+        self.servers = {}
+        self.workers = {}
+        self.started = {}
+        self.backoff = {}
+        self.signals = []
+        self.pipe = None
+
+    def run(self):
+        for port in self.config.ports:
+            self.servers[port] = self.bind(port)
+        self.pipe = os.pipe()
+        for fd in self.pipe:
+            os.set_blocking(fd, False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(signum, self.note_signal)
+        write_pidfile(self.config.pidfile)
+        try:
+            for port in self.config.ports:
+                self.spawn(port)
+            self.supervise()
+        finally:
+            remove_pidfile(self.config.pidfile)
+        return 0
+
+    def bind(self, port):
+        try:
+            return Server(self.config.address, port)
+        except OSError as error:
+            raise ConfigError('HTTPServer.ports: cannot bind %s:%d: %s'
+                              % (self.config.address, port,
+                                 error.strerror)) from None
+
+    def note_signal(self, signum, frame):
+        self.signals.append(signum)
+        try:
+            os.write(self.pipe[1], b'.')
+        except OSError:
+            pass
+
+    def spawn(self, port):
+        pid = os.fork()
+        if pid:
+            self.workers[pid] = port
+            self.started[port] = time.monotonic()
+            return
+        code = 0
+        try:
+            for fd in self.pipe:
+                os.close(fd)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                signal.signal(signum, signal.SIG_DFL)
+            for other, server in self.servers.items():
+                if other != port:
+                    server.socket.close()
+            run_worker(self.config, self.servers[port])
+        except BaseException:
+            LOGGER.exception('Worker for port %d failed', port)
+            code = 1
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+    def supervise(self):
+        pending = {}
+        while True:
+            try:
+                select.select([self.pipe[0]], [], [], 1.0)
+                os.read(self.pipe[0], 4096)
+            except (BlockingIOError, InterruptedError):
+                pass
+            stopping = any(s in (signal.SIGTERM, signal.SIGINT)
+                           for s in self.signals)
+            self.signals.clear()
+            for port in self.reap():
+                pending[port] = time.monotonic() + self.restart_delay(port)
+            if stopping:
+                self.stop_workers()
+                return
+            for port, when in list(pending.items()):
+                if time.monotonic() >= when:
+                    del pending[port]
+                    self.spawn(port)
+
+    def reap(self):
+        """Collect dead workers; yield the ports that need a new one."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not pid:
+                return
+            port = self.workers.pop(pid, None)
+            if port is not None:
+                LOGGER.error('Worker %d for port %d died: %s', pid, port,
+                             describe_status(status))
+                yield port
+
+    def restart_delay(self, port):
+        """No delay after a worker that ran a while; back off crash loops."""
+        if time.monotonic() - self.started[port] > self.RESTART_BACKOFF_MAX:
+            self.backoff[port] = 0.0
+        else:
+            self.backoff[port] = min(
+                max(self.backoff.get(port, 0.0) * 2, 0.5),
+                self.RESTART_BACKOFF_MAX)
+        return self.backoff[port]
+
+    def stop_workers(self):
+        for pid in self.workers:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + self.config.shutdown_timeout * 2 + 5
+        while self.workers and time.monotonic() < deadline:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid:
+                self.workers.pop(pid, None)
+            else:
+                time.sleep(0.05)
+        for pid in self.workers:
+            LOGGER.error('Worker %d did not stop in time; killing it', pid)
+            os.kill(pid, signal.SIGKILL)
+        for server in self.servers.values():
+            server.server_close()
+
+
+def describe_status(status):
+    if os.WIFSIGNALED(status):
+        return 'killed by signal %d' % os.WTERMSIG(status)
+    return 'exit status %d' % os.WEXITSTATUS(status)
+
+
+def write_pidfile(path):
+    if path:
+        with open(path, 'w') as handle:
+            handle.write('%d\n' % os.getpid())
+
+
+def remove_pidfile(path):
+    if path:
+        try:
+            os.unlink(path)
+        except OSError as error:
+            if error.errno != errno.ENOENT:
+                raise
+
+
+# -- command line ----------------------------------------------------------------
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog='statelessd',
+        description='Stateless HTTP to AMQP publishing gateway')
+    parser.add_argument('-c', '--config', required=True,
+                        help='path to the YAML configuration file')
+    parser.add_argument('-f', '--foreground', action='store_true',
+                        help='run in the foreground')
+    parser.add_argument('--version', action='version',
+                        version='statelessd ' + __version__)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+        configure_logging(config.logging)
+        return Master(config).run()
+    except ConfigError as error:
+        print('statelessd: configuration error: %s' % error, file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

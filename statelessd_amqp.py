@@ -1,0 +1,601 @@
+"""The broker side of statelessd: one publisher thread per vhost/user.
+
+Each publisher owns a pika BlockingConnection and drains a queue.Queue fed
+by request threads.  Every message stays in the publisher's keeping until
+RabbitMQ confirms it: the main channel runs in confirm mode with pipelined
+acks, and whatever is unconfirmed when a channel or connection drops is
+published again after the reconnect (at-least-once).
+
+The first message for an exchange the publisher has not used yet goes out
+on a second, synchronous confirm channel.  A missing exchange or a refused
+write then closes only that channel, so one client's typo never costs the
+messages other clients have in flight on the main channel.
+"""
+import collections
+import hashlib
+import hmac
+import logging
+import os
+import queue
+import random
+import re
+import struct
+import threading
+import time
+
+import pika
+import pika.exceptions
+
+import statelessd_stats
+
+LOGGER = logging.getLogger('statelessd.amqp')
+
+#: How long the publisher thread sleeps in pika when nothing wakes it.
+IDLE_POLL = 1.0
+#: Attempts per message before a broker nack is final.
+NACK_RETRIES = 3
+#: Reconnect back-off bounds, in seconds.
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+#: How often a message parked for a missing exchange is tried again.
+PARK_RETRY = 2.0
+
+
+class PublishError(Exception):
+    """A message was not (or may not have been) taken by RabbitMQ."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class LoginRefused(PublishError):
+    """RabbitMQ refused the user name and password."""
+
+
+class AccessRefused(PublishError):
+    """The user may not use the vhost, or the vhost does not exist."""
+
+
+class ExchangeRefused(PublishError):
+    """The user may not publish to the exchange."""
+
+
+class ExchangeNotFound(PublishError):
+    """The exchange does not exist in the vhost."""
+
+
+class BrokerUnavailable(PublishError):
+    """No broker could be reached (or it did not answer in time)."""
+
+
+class QueueFull(PublishError):
+    """The publisher holds as many messages as it is allowed to."""
+
+
+class Nacked(PublishError):
+    """RabbitMQ nacked the message, also after retries."""
+
+
+class Unroutable(PublishError):
+    """A mandatory message was returned: no queue took it."""
+
+
+class ConfirmTimeout(PublishError):
+    """No confirm arrived within the confirm timeout."""
+
+
+class Settings:
+    """What a publisher needs to know about the broker and its limits."""
+
+    def __init__(self, hosts, heartbeat=60, connect_timeout=5.0,
+                 max_queue_size=10000, confirm_timeout=10.0, port=0):
+        self.hosts = list(hosts)
+        self.heartbeat = heartbeat
+        self.connect_timeout = connect_timeout
+        self.max_queue_size = max_queue_size
+        self.confirm_timeout = confirm_timeout
+        self.port = port
+
+
+class Message:
+    """One message on its way through a publisher.
+
+    A request that wants the outcome waits on ``done``; a fire-and-forget
+    request has already been answered, so its message must be kept until
+    RabbitMQ takes it.
+    """
+
+    __slots__ = ('exchange', 'routing_key', 'body', 'properties', 'mandatory',
+                 'done', 'error', 'abandoned', 'returned', 'nacks')
+
+    def __init__(self, exchange, routing_key, body, properties,
+                 mandatory=False, wait=False):
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.body = body
+        self.properties = properties
+        self.mandatory = mandatory
+        self.done = threading.Event() if wait else None
+        self.error = None
+        self.abandoned = False
+        self.returned = False
+        self.nacks = 0
+
+    @property
+    def accepted(self):
+        """True when the client was told 204 before the broker's word."""
+        return self.done is None
+
+    def settle(self, error=None):
+        self.error = error
+        if self.done is not None:
+            self.done.set()
+
+
+def basic_properties(mapping):
+    """BasicProperties for a validated mapping; ValueError if AMQP can't
+    carry it (a header number out of range, say)."""
+    properties = pika.BasicProperties(**mapping)
+    try:
+        properties.encode()
+    except (struct.error, OverflowError, TypeError, ValueError,
+            pika.exceptions.UnsupportedAMQPFieldException) as error:
+        raise ValueError(str(error) or type(error).__name__) from None
+    return properties
+
+
+def password_digest(salt, password):
+    return hashlib.sha256(salt + password.encode('utf-8')).digest()
+
+
+def connection_parameters(settings, host, port, vhost, user, password):
+    return pika.ConnectionParameters(
+        host=host, port=port, virtual_host=vhost,
+        credentials=pika.PlainCredentials(user, password),
+        heartbeat=settings.heartbeat,
+        connection_attempts=1,
+        socket_timeout=settings.connect_timeout,
+        stack_timeout=settings.connect_timeout,
+        blocked_connection_timeout=None,
+        client_properties={
+            'connection_name': 'statelessd:%s %s:%s' % (settings.port, vhost,
+                                                       user)})
+
+
+def open_connection(settings, vhost, user, password):
+    """Connect to the first configured broker host that answers.
+
+    Login and vhost refusals are final and raised at once; anything else
+    moves on to the next host.
+    """
+    last = None
+    for host, port in settings.hosts:
+        params = connection_parameters(settings, host, port, vhost, user,
+                                       password)
+        try:
+            return pika.BlockingConnection(params)
+        except pika.exceptions.ProbableAuthenticationError:
+            raise LoginRefused('RabbitMQ refused the login for user %r'
+                               % user) from None
+        except pika.exceptions.ProbableAccessDeniedError as error:
+            raise AccessRefused(access_refusal(error, vhost, user)) from None
+        except pika.exceptions.AMQPError as error:
+            last = error
+            LOGGER.warning('Could not connect to %s:%s for %s:%s: %r',
+                           host, port, vhost, user, error)
+        except OSError as error:
+            last = error
+            LOGGER.warning('Could not connect to %s:%s for %s:%s: %s',
+                           host, port, vhost, user, error)
+    raise BrokerUnavailable('RabbitMQ is not reachable (%s)'
+                            % type(last).__name__)
+
+
+def access_refusal(error, vhost, user):
+    if 'not found' in str(error):
+        return 'vhost %r does not exist' % vhost
+    return 'user %r may not use vhost %r' % (user, vhost)
+
+
+def verify_login(settings, vhost, user, password):
+    """Open and close a connection to prove a password right or wrong."""
+    open_connection(settings, vhost, user, password).close()
+
+
+def refused_exchange(reply_text):
+    """The exchange a Channel.Close reply names, or None."""
+    match = re.search(r"exchange '((?:[^'\\]|\\.)*)'", reply_text or '')
+    return match.group(1) if match else None
+
+
+class Publisher(threading.Thread):
+    """One vhost/user: a thread, its connection, and the messages it keeps."""
+
+    def __init__(self, settings, vhost, user, password):
+        super().__init__(name='publisher-%s:%s' % (vhost, user), daemon=True)
+        self.settings = settings
+        self.stats = statelessd_stats.ConnectionCounters()
+        self.vhost = vhost
+        self.user = user
+        self._password = password
+        self._salt = os.urandom(16)
+        self._digest = password_digest(self._salt, password)
+        self._queue = queue.Queue()
+        self._retry = collections.deque()
+        self._parked = []
+        self._outbox = collections.OrderedDict()
+        self._known_exchanges = {''}
+        self._connection = None
+        self._channel = None
+        self._check_channel = None
+        self._next_tag = 1
+        self._wake_pending = False
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._drain_deadline = 0.0
+        self.failure = None
+
+    # -- called from request threads -------------------------------------
+
+    def wait_ready(self, timeout):
+        """Wait for the first connection; raise why it failed, if it did."""
+        if not self._ready.wait(timeout):
+            raise BrokerUnavailable('RabbitMQ did not answer within %ss'
+                                    % timeout)
+        if self.failure is not None:
+            raise self.failure
+
+    def password_matches(self, password):
+        return hmac.compare_digest(self._digest,
+                                   password_digest(self._salt, password))
+
+    def rotate_password(self, password):
+        """Serve a password the broker has just accepted from now on."""
+        self._password = password
+        self._digest = password_digest(self._salt, password)
+
+    @property
+    def pending(self):
+        return (self._queue.qsize() + len(self._outbox) + len(self._retry)
+                + len(self._parked))
+
+    def report(self):
+        outbox = len(self._outbox)
+        return self.stats.report(queue_size=self.pending - outbox,
+                                 outbox=outbox)
+
+    def knows_exchange(self, exchange):
+        return exchange in self._known_exchanges
+
+    def submit(self, message):
+        """Hand a message to the publisher thread, or raise QueueFull."""
+        if self.pending >= self.settings.max_queue_size:
+            raise QueueFull('%s:%s holds %d messages, its limit'
+                            % (self.vhost, self.user, self.pending))
+        self._queue.put(message)
+        self._wake()
+
+    def stop(self, drain_timeout=0.0):
+        """Ask the thread to finish; it flushes for up to drain_timeout."""
+        self._drain_deadline = time.monotonic() + drain_timeout
+        self._stopping.set()
+        self._wake(force=True)
+
+    def _wake(self, force=False):
+        if self._wake_pending and not force:
+            return
+        self._wake_pending = True
+        connection = self._connection
+        if connection is None:
+            return
+        try:
+            connection.add_callback_threadsafe(_nothing)
+        except pika.exceptions.ConnectionWrongStateError:
+            pass
+
+    # -- the publisher thread ----------------------------------------------
+
+    def run(self):
+        backoff = BACKOFF_FIRST
+        while not self._stopping.is_set():
+            try:
+                self._connect()
+            except PublishError as error:
+                if not self._ready.is_set():
+                    self.failure = error
+                    self._ready.set()
+                    return
+                LOGGER.warning('%s:%s reconnect failed: %s', self.vhost,
+                               self.user, error.reason)
+                self._stopping.wait(backoff * random.uniform(0.5, 1.5))
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_FIRST
+            self._ready.set()
+            try:
+                self._serve()
+            except (pika.exceptions.AMQPError, OSError) as error:
+                LOGGER.warning('%s:%s lost its connection: %r', self.vhost,
+                               self.user, error)
+            self._disconnect()
+        self._report_leftovers()
+
+    def _connect(self):
+        self._connection = open_connection(self.settings, self.vhost,
+                                           self.user, self._password)
+        self.stats.connection_opened()
+        self._open_channel()
+        self._open_check_channel()
+        self.stats.connected = True
+        LOGGER.info('Connected %s:%s', self.vhost, self.user)
+
+    def _open_channel(self):
+        """Open the main channel in confirm mode with pipelined acks.
+
+        BlockingChannel.confirm_delivery() makes every publish wait for its
+        own ack; the channel implementation underneath lets acks arrive
+        while further messages go out, and calls back in wire order, so a
+        Basic.Return is always seen before the ack of its message.
+        """
+        channel = self._connection.channel()
+        self.stats.channel_opened()
+        impl = channel._impl
+        selected = []
+        impl.confirm_delivery(ack_nack_callback=self._on_confirm,
+                              callback=selected.append)
+        impl.add_on_return_callback(self._on_return)
+        while not selected:
+            self._connection.process_data_events(time_limit=0.005)
+        self._channel = channel
+        self._next_tag = 1
+        self._requeue_outbox()
+
+    def _open_check_channel(self):
+        channel = self._connection.channel()
+        channel.confirm_delivery()
+        self.stats.channel_opened()
+        self._check_channel = channel
+
+    def _disconnect(self):
+        self.stats.connected = False
+        self._requeue_outbox()
+        connection, self._connection = self._connection, None
+        self._channel = self._check_channel = None
+        try:
+            if connection.is_open:
+                connection.close()
+        except (pika.exceptions.AMQPError, OSError):
+            pass
+        self.stats.connection_closed()
+
+    def _requeue_outbox(self):
+        """Put every unconfirmed message at the front, in publish order."""
+        if self._outbox:
+            self.stats.republished += len(self._outbox)
+            self._retry.extendleft(reversed(self._outbox.values()))
+            self._outbox.clear()
+
+    def _serve(self):
+        parked_at = time.monotonic()
+        while True:
+            self._wake_pending = False
+            self._publish_waiting()
+            if self._stopping.is_set() and self._drained():
+                return
+            self._connection.process_data_events(time_limit=IDLE_POLL)
+            if self._channel.is_closed:
+                self._reopen_channel()
+            if self._parked and time.monotonic() - parked_at > PARK_RETRY:
+                self._retry.extend(self._parked)
+                self._parked.clear()
+                parked_at = time.monotonic()
+
+    def _drained(self):
+        if not (self.pending - len(self._parked)):
+            return True
+        return time.monotonic() >= self._drain_deadline
+
+    def _reopen_channel(self):
+        reason = self._channel_close_reason(self._channel)
+        LOGGER.warning('%s:%s channel closed: %s', self.vhost, self.user,
+                       reason)
+        self.stats.channel_closed()
+        self._known_exchanges.discard(refused_exchange(reason))
+        self._open_channel()
+
+    @staticmethod
+    def _channel_close_reason(channel):
+        reason = getattr(channel._impl, '_closing_reason', None)
+        return getattr(reason, 'reply_text', '') or repr(reason)
+
+    def _publish_waiting(self):
+        while self._retry:
+            self._send(self._retry.popleft())
+        while True:
+            try:
+                message = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            self._send(message)
+
+    def _send(self, message):
+        if message.abandoned:
+            return
+        if message.exchange not in self._known_exchanges:
+            self._probe(message)
+            return
+        self._channel._impl.basic_publish(
+            exchange=message.exchange, routing_key=message.routing_key,
+            body=message.body, properties=message.properties,
+            mandatory=message.mandatory)
+        self._outbox[self._next_tag] = message
+        self._next_tag += 1
+        self.stats.publishes += 1
+
+    def _probe(self, message):
+        """Publish synchronously on the check channel to learn the exchange.
+
+        The message itself is the probe: on ack it is delivered and the
+        exchange is known for this publisher from then on.
+        """
+        try:
+            self._check_channel.basic_publish(
+                message.exchange, message.routing_key, message.body,
+                message.properties, mandatory=message.mandatory)
+        except pika.exceptions.UnroutableError:
+            self._known_exchanges.add(message.exchange)
+            self.stats.publishes += 1
+            self._finish_returned(message)
+        except pika.exceptions.NackError:
+            self.stats.publishes += 1
+            self._nacked(message)
+        except pika.exceptions.ChannelClosedByBroker as error:
+            self.stats.channel_closed()
+            self._open_check_channel()
+            self._exchange_refused(message, error)
+        else:
+            self._known_exchanges.add(message.exchange)
+            self.stats.publishes += 1
+            self.stats.confirmed += 1
+            message.settle()
+
+    def _exchange_refused(self, message, error):
+        if error.reply_code == 404:
+            failure = ExchangeNotFound('exchange %r does not exist in vhost %r'
+                                       % (message.exchange, self.vhost))
+        else:
+            failure = ExchangeRefused('user %r may not publish to exchange %r'
+                                      ' in vhost %r' % (self.user,
+                                                        message.exchange,
+                                                        self.vhost))
+        if message.accepted:
+            LOGGER.warning('Holding a message for %r: %s', message.exchange,
+                           failure.reason)
+            self._parked.append(message)
+        else:
+            message.settle(failure)
+
+    def _on_confirm(self, frame):
+        method = frame.method
+        tag = method.delivery_tag
+        if method.multiple:
+            tags = [t for t in self._outbox if t <= tag]
+        else:
+            tags = [tag] if tag in self._outbox else []
+        acked = isinstance(method, pika.spec.Basic.Ack)
+        for each in tags:
+            message = self._outbox.pop(each)
+            if not acked:
+                self._nacked(message)
+            elif message.returned:
+                self._finish_returned(message)
+            else:
+                self.stats.confirmed += 1
+                message.settle()
+
+    def _nacked(self, message):
+        message.nacks += 1
+        if message.nacks < NACK_RETRIES:
+            self._retry.append(message)
+            return
+        self.stats.nacked += 1
+        LOGGER.error('RabbitMQ nacked message_id=%r for %r/%r %d times',
+                     message.properties.message_id, message.exchange,
+                     message.routing_key, message.nacks)
+        message.settle(Nacked('RabbitMQ nacked the message %d times'
+                              % message.nacks))
+
+    def _on_return(self, _channel, method, _properties, body):
+        for message in self._outbox.values():
+            if (message.mandatory and not message.returned
+                    and message.exchange == method.exchange
+                    and message.routing_key == method.routing_key
+                    and message.body == body):
+                message.returned = True
+                return
+
+    def _finish_returned(self, message):
+        self.stats.returned += 1
+        reason = ('no queue is bound to exchange %r with routing key %r'
+                  % (message.exchange, message.routing_key))
+        if message.accepted:
+            LOGGER.warning('Returned unroutable message_id=%r: %s',
+                           message.properties.message_id, reason)
+            message.settle()
+        else:
+            message.settle(Unroutable(reason))
+
+    def _report_leftovers(self):
+        left = self.pending
+        if left:
+            LOGGER.error('%s:%s stopped with %d unconfirmed messages',
+                         self.vhost, self.user, left)
+
+
+class Registry:
+    """The publishers of one worker process, keyed by vhost and user."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._publishers = {}
+
+    def publisher_for(self, vhost, user, password):
+        """The running publisher for vhost/user, if this password may use it.
+
+        A password other than the one the connection was opened with is a
+        new login: the broker decides, and a rotated password takes over.
+        """
+        for _ in range(3):
+            publisher = self._running(vhost, user, password)
+            try:
+                publisher.wait_ready(self.settings.connect_timeout)
+            except PublishError:
+                self._forget(publisher)
+                if publisher.password_matches(password):
+                    raise
+                continue
+            if not publisher.password_matches(password):
+                verify_login(self.settings, vhost, user, password)
+                publisher.rotate_password(password)
+            return publisher
+        raise BrokerUnavailable('could not start a publisher for %s:%s'
+                                % (vhost, user))
+
+    def _running(self, vhost, user, password):
+        with self._lock:
+            publisher = self._publishers.get((vhost, user))
+            if publisher is None:
+                publisher = Publisher(self.settings, vhost, user, password)
+                self._publishers[(vhost, user)] = publisher
+                publisher.start()
+            return publisher
+
+    def _forget(self, publisher):
+        publisher.stop()
+        with self._lock:
+            key = (publisher.vhost, publisher.user)
+            if self._publishers.get(key) is publisher:
+                del self._publishers[key]
+
+    def report(self):
+        with self._lock:
+            publishers = list(self._publishers.values())
+        return {'%s:%s' % (p.vhost, p.user): p.report() for p in publishers}
+
+    def stop(self, timeout):
+        """Flush every publisher for up to timeout seconds, then close."""
+        with self._lock:
+            publishers = list(self._publishers.values())
+            self._publishers.clear()
+        deadline = time.monotonic() + timeout
+        for publisher in publishers:
+            publisher.stop(timeout)
+        for publisher in publishers:
+            publisher.join(max(0.0, deadline - time.monotonic()) + 1.0)
+        return sum(p.pending for p in publishers)
+
+
+def _nothing():
+    """Wakes the publisher thread out of process_data_events."""

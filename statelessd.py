@@ -97,7 +97,13 @@ class Config:
                                        prefix)
         self.max_queue_size = integer(rabbitmq, 'max_queue_size', 10000,
                                       prefix, 1)
+        self.idle_timeout = number(rabbitmq, 'idle_timeout', 3600.0, prefix)
+        # confirm: wait for the broker's ack before answering (?confirm=0
+        # opts out per request).
         self.confirm = boolean(rabbitmq, 'confirm', False, prefix)
+        # Application.spool: a directory where accepted messages wait for
+        # their confirm, so that a killed worker's successor replays them.
+        self.spool = optional_string(application, 'spool', 'Application.')
 
         # HTTPServer: what to bind, and the limits of one request.
         self.address = string(server, 'address', '0.0.0.0', 'HTTPServer.')
@@ -118,7 +124,8 @@ class Config:
             hosts=self.broker_hosts, heartbeat=self.heartbeat,
             connect_timeout=self.connect_timeout,
             max_queue_size=self.max_queue_size,
-            confirm_timeout=self.confirm_timeout, port=port)
+            confirm_timeout=self.confirm_timeout,
+            idle_timeout=self.idle_timeout, port=port)
 
 
 def load_config(path):
@@ -523,10 +530,35 @@ class Worker:
         self.config = config
         self.port = port
         self.host = socket.gethostname()
-        self.registry = statelessd_amqp.Registry(config.broker_settings(port))
+        self.spool = None
+        if config.spool:
+            self.spool = statelessd_amqp.Spool(config.spool,
+                                               'statelessd-%d.spool' % port)
+        self.registry = statelessd_amqp.Registry(config.broker_settings(port),
+                                                 self.spool)
+        self.stopping = False
         self.requests = statelessd_stats.RequestCounters()
         self.in_flight = 0
         self.in_flight_lock = threading.Lock()
+
+    def start(self):
+        """Replay what a predecessor on this port left in the spool."""
+        if self.spool is not None:
+            self.registry.replay(self.spool.open())
+
+    def stop(self, timeout):
+        """Finish requests in flight, then flush publishers and the spool."""
+        self.stopping = True
+        deadline = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = self.registry.stop(max(0.0, deadline - time.monotonic()))
+        if self.spool is not None:
+            self.spool.close()
+        if left:
+            LOGGER.error('Port %d stopped with %d messages unconfirmed%s',
+                         self.port, left, ', kept in the spool'
+                         if self.spool is not None else '')
 
     def stats(self):
         return statelessd_stats.stats_document(
@@ -579,6 +611,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.dispatch('OPTIONS')
 
     def dispatch(self, method):
+        if self.worker.stopping:
+            self.close_connection = True
         with self.worker.in_flight_lock:
             self.worker.in_flight += 1
         try:
@@ -631,14 +665,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except ValueError as error:
             raise bad_field('headers', 'cannot be sent over AMQP: %s'
                             % error) from None
+        message = statelessd_amqp.Message(exchange, routing_key,
+                                          fields.get('body', b''),
+                                          basic_properties, mandatory)
         try:
-            publisher = self.worker.registry.publisher_for(vhost, user,
-                                                           password)
-            message = statelessd_amqp.Message(
-                exchange, routing_key, fields.get('body', b''),
-                basic_properties, mandatory,
-                wait=confirm or not publisher.knows_exchange(exchange))
-            publisher.submit(message)
+            self.worker.registry.publish(vhost, user, password, message,
+                                         confirm)
             self.await_outcome(message, confirm)
         except statelessd_amqp.PublishError as error:
             raise publish_error(error) from None
@@ -784,28 +816,18 @@ class Server(http.server.ThreadingHTTPServer):
 
 def run_worker(config, server):
     """Serve one port until SIGTERM, then drain and exit."""
-    server.worker = Worker(config, server.server_address[1])
+    worker = server.worker = Worker(config, server.server_address[1])
 
     def stop(signum, frame):
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    LOGGER.info('Worker %d serving port %d', os.getpid(), server.worker.port)
+    worker.start()
+    LOGGER.info('Worker %d serving port %d', os.getpid(), worker.port)
     server.serve_forever()
-    finish_requests(server.worker, config.shutdown_timeout)
-    left = server.worker.registry.stop(config.shutdown_timeout)
-    if left:
-        LOGGER.error('Port %d stopped with %d messages unconfirmed',
-                     server.worker.port, left)
-    LOGGER.info('Worker %d for port %d stopped', os.getpid(),
-                server.worker.port)
-
-
-def finish_requests(worker, timeout):
-    deadline = time.monotonic() + timeout
-    while worker.in_flight and time.monotonic() < deadline:
-        time.sleep(0.05)
+    worker.stop(config.shutdown_timeout)
+    LOGGER.info('Worker %d for port %d stopped', os.getpid(), worker.port)
 
 
 class Master:
@@ -884,8 +906,10 @@ class Master:
     def supervise(self):
         pending = {}
         while True:
+            wait = min([1.0] + [max(0.0, when - time.monotonic())
+                                for when in pending.values()])
             try:
-                select.select([self.pipe[0]], [], [], 1.0)
+                select.select([self.pipe[0]], [], [], wait)
                 os.read(self.pipe[0], 4096)
             except (BlockingIOError, InterruptedError):
                 pass
@@ -973,6 +997,14 @@ def remove_pidfile(path):
 
 # -- command line ----------------------------------------------------------------
 
+def prepare_spool(directory):
+    if directory:
+        try:
+            statelessd_amqp.prepare_spool_directory(directory)
+        except ValueError as error:
+            raise ConfigError('Application.spool: %s' % error) from None
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog='statelessd',
@@ -991,6 +1023,7 @@ def main(argv=None):
     try:
         config = load_config(args.config)
         configure_logging(config.logging)
+        prepare_spool(config.spool)
         return Master(config).run()
     except ConfigError as error:
         print('statelessd: configuration error: %s' % error, file=sys.stderr)

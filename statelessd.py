@@ -265,6 +265,8 @@ def logging_config(mapping, debug):
         raise ConfigError('Logging: must be a logging.config mapping')
     mapping = json.loads(json.dumps(mapping))
     mapping.setdefault('version', 1)
+    # statelessd's loggers exist before the configuration is applied.
+    mapping.setdefault('disable_existing_loggers', False)
     handlers = mapping.get('handlers') or {}
     dropped = set()
     for name, handler in list(handlers.items()):

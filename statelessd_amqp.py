@@ -540,14 +540,9 @@ class Publisher(threading.Thread):
 
     def _on_confirm(self, frame):
         method = frame.method
-        tag = method.delivery_tag
-        if method.multiple:
-            tags = [t for t in self._outbox if t <= tag]
-        else:
-            tags = [tag] if tag in self._outbox else []
         acked = isinstance(method, pika.spec.Basic.Ack)
-        for each in tags:
-            message = self._outbox.pop(each)
+        for message in self._confirmed_messages(method.delivery_tag,
+                                                method.multiple):
             if not acked:
                 self._nacked(message)
             elif message.returned:
@@ -555,6 +550,16 @@ class Publisher(threading.Thread):
             else:
                 self.stats.confirmed += 1
                 self._finish(message)
+
+    def _confirmed_messages(self, tag, multiple):
+        """Pop what an ack or nack covers; the outbox is in tag order."""
+        if not multiple:
+            message = self._outbox.pop(tag, None)
+            return [message] if message is not None else []
+        messages = []
+        while self._outbox and next(iter(self._outbox)) <= tag:
+            messages.append(self._outbox.popitem(last=False)[1])
+        return messages
 
     def _nacked(self, message):
         message.nacks += 1

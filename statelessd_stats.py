@@ -175,7 +175,7 @@ def totals(documents):
     return result
 
 
-# -- Prometheus ----------------------------------------------------------------
+# -- Prometheus --------------------------------------------------------------
 
 #: Prometheus text format version 0.0.4, the one every scraper reads.
 PROMETHEUS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
@@ -298,7 +298,7 @@ def add_histogram(metrics, port, histogram):
                 '_count')
 
 
-# -- dashboard -------------------------------------------------------------------
+# -- dashboard ---------------------------------------------------------------
 
 #: The page at /, unless Application.paths.templates holds a dashboard.html.
 #: It polls /stats/all and keeps the publish history it charts in
@@ -307,7 +307,7 @@ def add_histogram(metrics, port, histogram):
 DASHBOARD = b"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>statelessd</title>
+<title>statelessd</title><link rel="icon" href="data:,">
 <style>
 :root{--fg:#1d2433;--muted:#6b7385;--line:#e3e6ec;--bg:#f4f5f8;--ok:#1f8a4c;
 --bad:#c0392b;--accent:#2f6fdf}
@@ -415,7 +415,8 @@ function rates(port, field) {
   for (let i = 1; i < points.length; i++) {
     const seconds = (points[i][0] - points[i - 1][0]) / 1000;
     const delta = points[i][field] - points[i - 1][field];
-    if (seconds > 0 && delta >= 0) result.push([points[i][0], delta / seconds]);
+    if (seconds > 0 && delta >= 0)
+      result.push([points[i][0], delta / seconds]);
   }
   return result;
 }
@@ -427,7 +428,8 @@ function latest(port, field) {
 
 function chart(port, now) {
   const width = 600, height = 90, series = rates(port, 1);
-  const top = Math.max(1, ...series.map(p => p[1]));
+  const peak = Math.max(0, ...series.map(p => p[1]));
+  const top = Math.max(peak, 1);
   const box = svg("svg", {"class": "chart", viewBox: `0 0 ${width} ${height}`,
                           preserveAspectRatio: "none"});
   const points = series.map(([t, r]) =>
@@ -437,7 +439,7 @@ function chart(port, now) {
                               "vector-effect": "non-scaling-stroke"}));
   const label = svg("text", {x: 6, y: 13});
   label.textContent = `publishes ${rate(latest(port, 1))}, ` +
-    `peak ${rate(top === 1 && !series.length ? 0 : top)}, last 10 min`;
+    `peak ${rate(peak)}, last 10 min`;
   box.append(label);
   return box;
 }
@@ -518,9 +520,10 @@ function portCard(doc, now) {
   }
   card.append(
     el("div", {"class": "facts"},
-       `cpu ${cpu(doc).toFixed(1)} s (${(latest(doc.port, 2) * 100)
-         .toFixed(0)}%) \\u00b7 memory ${mebibytes(doc.resident_memory || 0)}` +
-       ` \\u00b7 ${number(publishes(doc))} publishes`),
+       `cpu ${cpu(doc).toFixed(1)} s ` +
+       `(${(latest(doc.port, 2) * 100).toFixed(0)}%) \\u00b7 ` +
+       `memory ${mebibytes(doc.resident_memory || 0)} \\u00b7 ` +
+       `${number(publishes(doc))} publishes`),
     chart(doc.port, now), connections(doc), codes(doc));
   return card;
 }

@@ -7,7 +7,9 @@ import pwd
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -123,12 +125,28 @@ def process_ids(pid):
             sorted(int(g) for g in fields['Groups']))
 
 
-def test_workers_drop_privileges(tmp_path):
+def require_root():
     if os.geteuid() != 0:
         pytest.fail('dropping privileges is tested as root only: run the '
                     'tests as root')
+
+
+@pytest.fixture
+def open_directory():
+    """A directory Daemon.user can reach: pytest's tmp_path is private."""
+    with tempfile.TemporaryDirectory(prefix='statelessd-ops-') as name:
+        os.chmod(name, 0o755)
+        yield Path(name)
+
+
+def test_workers_drop_privileges(tmp_path, open_directory):
+    require_root()
     nobody = pwd.getpwnam('nobody')
-    overrides = {'Daemon': {'user': 'nobody', 'group': 'nogroup'}}
+    spool = open_directory / 'spool'
+    spool.mkdir(mode=0o700)
+    os.chown(spool, nobody.pw_uid, nobody.pw_gid)
+    overrides = {'Daemon': {'user': 'nobody', 'group': 'nogroup'},
+                 'Application': {'spool': str(spool)}}
     with running(tmp_path, ports=2, overrides=overrides) as gateway:
         assert process_ids(gateway.process.pid)[0] == 0
         workers = gateway.worker_pids()
@@ -140,6 +158,26 @@ def test_workers_drop_privileges(tmp_path):
             for port in gateway.ports:
                 assert publish(port, box.path(), 'p%d' % port).status == 204
             assert len(box.take(2)) == 2
+        for port in gateway.ports:
+            spooled = spool / ('statelessd-%d.spool' % port)
+            assert spooled.stat().st_uid == nobody.pw_uid
+
+
+@pytest.mark.parametrize('owner, problem', [
+    ('root', 'belongs to uid 0'), (None, 'cannot create')])
+def test_the_spool_is_checked_as_daemon_user(tmp_path, open_directory,
+                                             owner, problem):
+    require_root()
+    spool = open_directory / 'spool'
+    if owner:
+        spool.mkdir(mode=0o700)
+    document = config([free_port()], {
+        'Daemon': {'user': 'nobody'},
+        'Application': {'spool': str(spool)}})
+    result = start_daemon(write_config(tmp_path, document))
+    assert result.returncode == 2, result
+    assert 'Application.spool' in result.stderr and problem in \
+        result.stderr, result.stderr
 
 
 def test_an_unknown_daemon_user_is_a_configuration_error(tmp_path):

@@ -112,10 +112,11 @@ class Config:
         # under /static/.  Relative paths are relative to paths.base, and
         # base to the working directory statelessd starts in.
         paths = section(application, 'paths', 'Application.')
-        base = optional_path(paths, 'base', os.getcwd(), 'Application.paths.')
-        self.templates = optional_path(paths, 'templates', base or os.getcwd(),
+        base = optional_path(paths, 'base', os.getcwd(),
+                             'Application.paths.') or os.getcwd()
+        self.templates = optional_path(paths, 'templates', base,
                                        'Application.paths.')
-        self.static = optional_path(paths, 'static', base or os.getcwd(),
+        self.static = optional_path(paths, 'static', base,
                                     'Application.paths.')
         # Application.rabbitmq: the broker, and how long to wait for it.
         prefix = 'Application.rabbitmq.'
@@ -649,8 +650,7 @@ class Worker:
         """
         ports = self.config.ports
         with concurrent.futures.ThreadPoolExecutor(len(ports)) as pool:
-            documents = list(pool.map(self.port_stats, ports))
-        return documents
+            return list(pool.map(self.port_stats, ports))
 
     def port_stats(self, port):
         if port == self.port:

@@ -9,7 +9,6 @@ dashboard page.
 """
 import bisect
 import collections
-import os
 import resource
 import threading
 import time

@@ -66,7 +66,8 @@ def config(text):
 
 
 def test_original_layout_loads_unchanged():
-    loaded = config(ORIGINAL_EXAMPLE)
+    """Its Daemon.user (nginx) must exist; this machine may only have nobody."""
+    loaded = config(ORIGINAL_EXAMPLE.replace('user: nginx', 'user: nobody'))
     assert loaded.ports == [8000, 8001, 8002, 8003, 8004]
     assert loaded.broker_hosts == [('localhost', 5672)]
     assert loaded.keep_alive is True
@@ -76,7 +77,8 @@ def test_original_layout_loads_unchanged():
 
 
 def test_debug_keeps_debug_only_handlers():
-    text = ORIGINAL_EXAMPLE.replace('debug: False', 'debug: True')
+    text = ORIGINAL_EXAMPLE.replace('debug: False', 'debug: True').replace(
+        'user: nginx', 'user: nobody')
     assert 'debugfile' in config(text).logging['handlers']
 
 
@@ -107,6 +109,8 @@ def test_empty_configuration_gets_defaults():
      "Routes[0]: 'myapp.Handler' is not a statelessd handler"),
     ('Application: [1]', 'Application: must be a mapping'),
     ('Logging: [1]', 'Logging: must be a logging.config mapping'),
+    ('Daemon: {user: no-such-user-here}',
+     "Daemon.user: there is no user 'no-such-user-here'"),
 ])
 def test_bad_configuration_names_the_key(text, message):
     with pytest.raises(statelessd.ConfigError) as caught:

@@ -173,6 +173,25 @@ def rss_kib(pid):
     return int(proc_status(pid)['VmRSS'].split()[0])
 
 
+def cpu_seconds(pid):
+    """User plus system CPU seconds of a process (all its threads)."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            fields = f.read().rpartition(')')[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def pid_listening(port):
+    """The pid of the process holding the socket listening on port."""
+    inodes = listening_inodes({port})
+    for name in os.listdir('/proc'):
+        if name.isdigit() and socket_inodes(int(name)) & set(inodes):
+            return int(name)
+    return None
+
+
 def children(pid):
     try:
         with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
@@ -601,7 +620,8 @@ class Nginx:
 # -- load generators --------------------------------------------------------------
 
 Row = collections.namedtuple('Row', 'key name rate unit p50 p99 non2xx errors '
-                                    'notes')
+                                    'notes statelessd_cpu broker_cpu',
+                             defaults=(None, None))
 
 UNITS = {'us': 0.001, 'ms': 1.0, 's': 1000.0, 'm': 60000.0}
 
@@ -696,6 +716,9 @@ class Bench:
     # helpers
     def measure(self, key, function):
         """Run one row; a row that fails is reported, the others still run."""
+        pids = list(self.statelessd.find_workers().values())
+        cpu = [cpu_seconds(pid) for pid in pids + [self.broker_pid]]
+        start = time.monotonic()
         try:
             row = function()
         except Skipped as reason:
@@ -706,6 +729,11 @@ class Bench:
             self.failures[key] = str(error)
             log('%s: FAILED: %s' % (key, error))
             return None
+        wall = time.monotonic() - start
+        used = [cpu_seconds(pid) - before
+                for pid, before in zip(pids + [self.broker_pid], cpu)]
+        row = row._replace(statelessd_cpu=100 * sum(used[:-1]) / wall,
+                           broker_cpu=100 * used[-1] / wall)
         self.rows[key] = row
         log('%-28s %10.0f %s  p50 %s  p99 %s  non-2xx %s  errors %s%s'
             % (row.name, row.rate, row.unit, fmt_ms(row.p50), fmt_ms(row.p99),
@@ -722,6 +750,7 @@ class Bench:
         self.missing = install_packages()
         self.management = Management()
         overview = self.management.ensure()
+        self.broker_pid = pid_listening(AMQP_PORT) or 0
         self.info['rabbitmq'] = overview.get('rabbitmq_version', '?')
         remove_stale_users(self.management)
         self.stack.callback(self.delete_users)
@@ -920,7 +949,12 @@ class Bench:
 
     # profile
     def profile_worker(self):
-        """A further fire-and-forget pass with py-spy sampling the worker."""
+        """A further fire-and-forget pass with py-spy sampling the worker.
+
+        Only samples of the thread holding the GIL count (--gil): with 16
+        request threads most threads wait for the GIL most of the time.
+        """
+        RATE = 200
         self.need('wrk')
         pyspy = shutil.which('py-spy') or os.path.join(
             os.path.dirname(sys.executable), 'py-spy')
@@ -928,8 +962,9 @@ class Bench:
             raise Skipped('py-spy is not installed (pip install py-spy)')
         pid = self.statelessd.find_workers()[self.port]
         raw = os.path.join(self.directory, 'profile.txt')
-        record = spawn([pyspy, 'record', '--nonblocking', '--threads',
-                        '--format', 'raw', '-r', '200', '-d', str(SECONDS),
+        record = spawn([pyspy, 'record', '--nonblocking', '--gil',
+                        '--threads', '--format', 'raw', '-r', str(RATE),
+                        '-d', str(SECONDS),
                         '-o', raw, '-p', str(pid)],
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
@@ -942,7 +977,9 @@ class Bench:
         if not os.path.exists(raw):
             raise BenchError('py-spy wrote no profile: %s'
                              % record.stderr.read().decode()[-500:])
-        return summarize_profile(raw)
+        summary = summarize_profile(raw)
+        summary['gil'] = summary['total'] / float(RATE * SECONDS)
+        return summary
 
 
 def summarize_profile(path):
@@ -987,7 +1024,8 @@ def thread_kind(thread, functions):
         return 'accept loop'
     if 'statelessd_amqp' in text:
         return 'publisher threads'
-    return 'other (%s)' % thread.split('(')[0].strip().strip('"')
+    name = thread.partition(': ')[2] or thread
+    return 'other: %s' % re.sub(r'-\d+', '', name).strip()
 
 
 # -- the report ---------------------------------------------------------------------
@@ -998,6 +1036,10 @@ def fmt_ms(value):
     if value >= 100:
         return '%.0f ms' % value
     return '%.2f ms' % value
+
+
+def fmt_cpu(value):
+    return '—' if value is None else '%.0f%%' % value
 
 
 def fmt_count(value):
@@ -1014,7 +1056,6 @@ ROW_ORDER = ['ff', 'confirm', 'management', 'pika', 'php-statelessd',
              'php-amqp']
 BASELINE = {'ff': ('management', 'management API'),
             'confirm': ('management', 'management API'),
-            'pika': ('ff', 'fire-and-forget / pika', True),
             'php-statelessd': ('php-amqp', 'PHP connection per message'),
             }
 
@@ -1054,8 +1095,8 @@ def report(bench, started):
     rows = bench.rows
     out = []
     out.append('| # | row | req/s or msg/s | p50 | p99 | non-2xx | errors '
-               '| ratio | notes |')
-    out.append('|---|---|---:|---:|---:|---:|---:|---|---|')
+               '| statelessd CPU | RabbitMQ CPU | ratio | notes |')
+    out.append('|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|')
     number = {'ff': '1', 'confirm': '2', 'management': '3', 'pika': '4',
               'php-statelessd': '5a', 'php-amqp': '5b'}
     keys = ROW_ORDER + ['nginx-%d' % n for n in NGINX_PORTS]
@@ -1064,7 +1105,7 @@ def report(bench, started):
         if key not in rows:
             why = bench.skipped.get(key) or bench.failures.get(key) or '?'
             kind = 'skipped' if key in bench.skipped else 'FAILED'
-            out.append('| %s | %s | %s: %s | | | | | | |'
+            out.append('| %s | %s | %s: %s | | | | | | | | |'
                        % (label, key, kind, why.replace('|', '/')
                           .replace('\n', ' ')[:200]))
             continue
@@ -1085,9 +1126,11 @@ def report(bench, started):
             ratio_text = '—'
         else:
             ratio_text = '%.2f× %s' % (value, base)
-        out.append('| %s | %s | %.0f %s | %s | %s | %s | %d | %s | %s |'
+        out.append('| %s | %s | %.0f %s | %s | %s | %s | %d | %s | %s | %s '
+                   '| %s |'
                    % (label, row.name, row.rate, row.unit, fmt_ms(row.p50),
                       fmt_ms(row.p99), fmt_count(row.non2xx), row.errors,
+                      fmt_cpu(row.statelessd_cpu), fmt_cpu(row.broker_cpu),
                       ratio_text, row.notes))
     table = '\n'.join(out)
 
@@ -1117,8 +1160,11 @@ def report(bench, started):
     profile = []
     if bench.profile and bench.profile['total']:
         total = bench.profile['total']
-        profile.append('Samples of the fire-and-forget worker under the same '
-                       'load (py-spy, all threads, %d samples):' % total)
+        profile.append(
+            'A further fire-and-forget pass with py-spy sampling the worker '
+            '(`py-spy record --gil --nonblocking`): %d samples of the thread '
+            'holding the GIL, which was held in about %.0f%% of the sampling '
+            'instants.' % (total, 100 * bench.profile['gil']))
         profile.append('')
         profile.append('| thread kind | share |')
         profile.append('|---|---:|')
@@ -1162,7 +1208,9 @@ php-amqp connection per message straight to RabbitMQ. The nginx rows put
 nginx (upstream keepalive 32, HTTP/1.1) in front of the first N ports of
 the same statelessd. Worker memory is VmRSS from /proc after each worker
 has opened one publisher per benchmark user (created through the
-management API, deleted afterwards).
+management API, deleted afterwards). The CPU columns are the CPU time the
+statelessd workers and the RabbitMQ node used during the row, in percent of
+one core (100% is one core busy throughout).
 """
 
 

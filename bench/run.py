@@ -17,7 +17,9 @@ bench/results.md.  Rows:
  7. latencies (wrk --latency), non-2xx counts, and each statelessd worker's
     RSS with idle vhost/user publishers
 
-Environment: BENCH_SECONDS (per row, default 10), BENCH_PHP_PROCESSES
+Environment: BENCH_SECONDS (per row, default 10), BENCH_ROUNDS (default 1:
+run all rows that many times in turn and report each row's median round, for
+a machine that is not quiet), BENCH_PHP_PROCESSES
 (default 2), BENCH_NGINX_PORTS (default "2,4"), BENCH_IDLE_PUBLISHERS
 (default 100), BENCH_PROFILE=1 (a further fire-and-forget pass under
 py-spy, reported as where the worker's time goes; needs py-spy).
@@ -76,6 +78,7 @@ PHP_PROCESSES = env_int('BENCH_PHP_PROCESSES', 2)
 IDLE_PUBLISHERS = env_int('BENCH_IDLE_PUBLISHERS', 100, minimum=0)
 NGINX_PORTS = sorted({int(n) for n in re.findall(
     r'\d+', os.environ.get('BENCH_NGINX_PORTS', '2,4')) if int(n) > 0})
+ROUNDS = env_int('BENCH_ROUNDS', 1)
 PROFILE = os.environ.get('BENCH_PROFILE', '') not in ('', '0', 'false', 'no')
 
 THREADS = 2
@@ -585,8 +588,8 @@ def render_nginx(prefix, port, upstream_ports):
 
 class Nginx:
     def __init__(self, directory, upstream_ports):
-        self.prefix = os.path.join(directory, 'nginx-%d' % len(upstream_ports))
-        os.makedirs(self.prefix)
+        self.prefix = tempfile.mkdtemp(prefix='nginx-%d-' % len(upstream_ports),
+                                       dir=directory)
         os.chmod(directory, 0o755)
         os.chmod(self.prefix, 0o755)
         self.port = free_port()
@@ -706,6 +709,7 @@ class Bench:
         self.stack = stack
         self.directory = directory
         self.rows = {}
+        self.rounds = {}
         self.failures = {}
         self.skipped = {}
         self.rss = []
@@ -734,7 +738,7 @@ class Bench:
                 for pid, before in zip(pids + [self.broker_pid], cpu)]
         row = row._replace(statelessd_cpu=100 * sum(used[:-1]) / wall,
                            broker_cpu=100 * used[-1] / wall)
-        self.rows[key] = row
+        self.rounds.setdefault(key, []).append(row)
         log('%-28s %10.0f %s  p50 %s  p99 %s  non-2xx %s  errors %s%s'
             % (row.name, row.rate, row.unit, fmt_ms(row.p50), fmt_ms(row.p99),
                fmt_count(row.non2xx), row.errors,
@@ -774,15 +778,26 @@ class Bench:
                                  % (status, port, self.statelessd.log_tail()))
         self.port = ports[0]
 
-        self.measure('ff', self.fire_and_forget)
-        self.measure('confirm', self.confirm)
-        self.measure('management', self.management_api)
-        self.measure('pika', self.pika_loop)
-        self.measure('php-statelessd', self.php_statelessd)
-        self.measure('php-amqp', self.php_amqp)
-        for count in NGINX_PORTS:
-            self.measure('nginx-%d' % count,
-                         lambda count=count: self.behind_nginx(count))
+        for round_ in range(ROUNDS):
+            if ROUNDS > 1:
+                log('round %d of %d' % (round_ + 1, ROUNDS))
+            self.measure('ff', self.fire_and_forget)
+            self.measure('confirm', self.confirm)
+            self.measure('management', self.management_api)
+            self.measure('pika', self.pika_loop)
+            self.measure('php-statelessd', self.php_statelessd)
+            self.measure('php-amqp', self.php_amqp)
+            for count in NGINX_PORTS:
+                self.measure('nginx-%d' % count,
+                             lambda count=count: self.behind_nginx(count))
+        for key, rows in self.rounds.items():   # the median round of each row
+            if key in self.failures:    # a round failed: report the failure
+                continue
+            rows.sort(key=lambda row: row.rate)
+            self.rows[key] = rows[(len(rows) - 1) // 2]._replace(
+                non2xx=None if rows[0].non2xx is None
+                else sum(r.non2xx for r in rows),
+                errors=sum(r.errors for r in rows))
         try:
             self.idle_publishers()
         except BenchError as error:
@@ -1239,8 +1254,10 @@ def machine_info(bench, started):
         '- statelessd %s, Python %s, RabbitMQ %s' % (
             revision or '?', platform.python_version(),
             bench.info.get('rabbitmq', '?')),
-        '- %d s per row; wrk -t%d -c%d; %d PHP processes'
-        % (SECONDS, THREADS, CONNECTIONS, PHP_PROCESSES)])
+        '- %d s per row%s; wrk -t%d -c%d; %d PHP processes'
+        % (SECONDS, '' if ROUNDS == 1 else
+           ', median of %d rounds (non-2xx and errors summed)' % ROUNDS,
+           THREADS, CONNECTIONS, PHP_PROCESSES)])
 
 
 def main():

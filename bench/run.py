@@ -596,6 +596,8 @@ class Nginx:
         self.conf = os.path.join(self.prefix, 'nginx.conf')
         with open(self.conf, 'w') as f:
             f.write(render_nginx(self.prefix, self.port, upstream_ports))
+        self.source = ('etc/nginx.conf' if os.path.exists(
+            os.path.join(ROOT, 'etc', 'nginx.conf')) else 'bench/nginx.conf')
         binary = nginx_binary()
         check = subprocess.run([binary, '-t', '-q', '-p', self.prefix,
                                 '-e', 'stderr', '-c', self.conf],
@@ -904,7 +906,7 @@ class Bench:
                 'nginx-%d' % count, 'nginx -> %d statelessd ports' % count,
                 ports=ports, url='http://127.0.0.1:%d%s' % (nginx.port,
                                                            self.path),
-                notes='fire-and-forget')
+                notes='fire-and-forget; %s' % nginx.source)
         finally:
             nginx.stop()
 

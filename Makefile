@@ -1,17 +1,23 @@
-# statelessd: `make run` and `make test` set up everything they need.
+# statelessd: `make run`, `make test` and `make bench` set up everything they need.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= statelessd.yaml
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 
-.PHONY: run test venv broker php nginx chromium pyz clean
+.PHONY: run test bench venv broker php nginx chromium pyz clean
 
 run: venv broker
 	$(PY) statelessd.py -c $(CONFIG) -f
 
 test: venv broker php nginx chromium
 	$(PY) -m pytest tests
+
+# Throughput, latency and memory side by side with the alternatives; installs
+# wrk, PHP (curl, amqp) and nginx when missing and root, and enables RabbitMQ's
+# management plugin. BENCH_SECONDS sets the seconds per row (default 10).
+bench: venv broker
+	$(PY) bench/run.py
 
 venv: $(VENV)/.installed
 

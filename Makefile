@@ -39,8 +39,13 @@ broker:
 	    fi; \
 	  fi; \
 	  echo "Starting rabbitmq-server"; \
-	  rabbitmq-server -detached || true; \
-	  rabbitmqctl await_startup --timeout 120 >/dev/null 2>&1 || rabbitmqctl start_app; \
+	  rabbitmq-server -detached || rabbitmqctl start_app || true; \
+	  for i in $$(seq 120); do \
+	    $(PY) -c "import socket; socket.create_connection(('127.0.0.1', 5672), 2)" 2>/dev/null && exit 0; \
+	    sleep 1; \
+	  done; \
+	  echo "RabbitMQ did not start answering on 127.0.0.1:5672 within 120 s"; \
+	  exit 1; \
 	fi
 
 # PHP's curl client, for the tests that run the README's PHP examples.

@@ -548,15 +548,22 @@ def multipart_fields(body, boundary):
 
 
 def part_name(head):
-    """The part's field name.  The email parser reads header bytes as
-    ASCII with surrogate escapes; browsers send names as raw UTF-8."""
-    headers = email.parser.BytesHeaderParser().parsebytes(head + b'\r\n\r\n')
+    """The part's field name.
+
+    Browsers send names as raw UTF-8.  The head is parsed as latin-1, one
+    character per byte (the email parser would turn non-ASCII bytes into
+    replacement characters), and the name decoded from those bytes; an
+    RFC 2231 name comes decoded already.
+    """
+    headers = email.parser.HeaderParser().parsestr(
+        head.decode('latin-1') + '\r\n\r\n')
     name = headers.get_param('name', header='content-disposition')
     if not name:
         raise HTTPError(400, 'a multipart part has no Content-Disposition '
                         'name')
-    name = email.utils.collapse_rfc2231_value(name)
-    return field_name(name.encode('utf-8', 'surrogateescape'))
+    if isinstance(name, tuple):
+        return email.utils.collapse_rfc2231_value(name)
+    return field_name(name.encode('latin-1'))
 
 
 def message_fields(pairs):
@@ -665,6 +672,16 @@ def message_properties(fields, bracket_headers, user):
     if headers:
         properties['headers'] = headers
     return properties
+
+
+def amqp_properties(properties):
+    """BasicProperties for validated properties, or a 400 when AMQP cannot
+    carry them (a decimal out of range, headers nested too deeply...)."""
+    try:
+        return statelessd_amqp.basic_properties(properties)
+    except (ValueError, ArithmeticError, RecursionError) as error:
+        raise bad_field('headers', 'cannot be sent over AMQP: %s'
+                        % (str(error) or type(error).__name__)) from None
 
 
 # -- HTTP ------------------------------------------------------------------------
@@ -857,12 +874,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         mandatory = query_flag(query, 'mandatory', False)
         fields, headers = message_fields(form_fields(content_type,
                                                      self.read_body()))
-        properties = message_properties(fields, headers, user)
-        try:
-            basic_properties = statelessd_amqp.basic_properties(properties)
-        except (ValueError, ArithmeticError, RecursionError) as error:
-            raise bad_field('headers', 'cannot be sent over AMQP: %s'
-                            % (str(error) or type(error).__name__)) from None
+        basic_properties = amqp_properties(
+            message_properties(fields, headers, user))
         try:
             publisher = self.worker.registry.publisher_for(vhost, user,
                                                            password)

@@ -40,6 +40,10 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 #: How often a message parked for a missing exchange is tried again.
 PARK_RETRY = 2.0
+#: Encoded properties travel in one frame.  Beyond RabbitMQ's frame_max
+#: (128 KiB by default) the broker closes the connection, and every
+#: reconnect would send the same message again; half of it is safe.
+MAX_PROPERTIES_SIZE = 65536
 
 
 class PublishError(Exception):
@@ -153,13 +157,17 @@ class Message:
 
 def basic_properties(mapping):
     """BasicProperties for a validated mapping; ValueError if AMQP can't
-    carry it (a header number out of range, say)."""
+    carry it (a header number out of range, a nested name too long, or
+    more than MAX_PROPERTIES_SIZE bytes in all)."""
     properties = pika.BasicProperties(**mapping)
     try:
-        properties.encode()
+        size = sum(len(piece) for piece in properties.encode())
     except (struct.error, OverflowError, TypeError, ValueError,
-            pika.exceptions.UnsupportedAMQPFieldException) as error:
+            pika.exceptions.AMQPError) as error:
         raise ValueError(str(error) or type(error).__name__) from None
+    if size > MAX_PROPERTIES_SIZE:
+        raise ValueError('the properties take %d bytes, more than the %d '
+                         'allowed' % (size, MAX_PROPERTIES_SIZE))
     return properties
 
 

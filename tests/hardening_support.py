@@ -23,6 +23,8 @@ import pika
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 SCRIPT = REPO / 'statelessd.py'
 PYTHON = sys.executable
 BROKER = ('127.0.0.1', 5672)
@@ -375,3 +377,56 @@ def assert_json_error(raw_or_response, statuses):
     assert document.get('reason'), document
     assert 'Traceback' not in document['reason']
     return status, document
+
+
+class CountingProxy:
+    """A TCP forwarder to the broker that counts the connections made
+    through it: how many times statelessd asked RabbitMQ for a login."""
+
+    def __init__(self, target=BROKER):
+        import threading
+        self.target = target
+        self.listener = socket.socket()
+        self.listener.bind(('127.0.0.1', 0))
+        self.listener.listen(128)
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.threading = threading
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            for a, b in ((client, upstream), (upstream, client)):
+                self.threading.Thread(target=self._pipe, args=(a, b),
+                                      daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, sink):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def close(self):
+        self.listener.close()

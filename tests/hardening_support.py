@@ -196,6 +196,9 @@ class Statelessd:
         return children(self.process.pid)
 
     def log_text(self):
+        """Everything the process logged so far (or in all, once stopped)."""
+        if self.log.closed:
+            return self.output
         self.log.flush()
         return self.log_path.read_text(errors='replace')
 
@@ -209,6 +212,7 @@ class Statelessd:
                 self.process.wait()
         if self.process is not None:
             self.log.close()
+            self.output = self.log_path.read_text(errors='replace')
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self):

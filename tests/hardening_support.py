@@ -42,7 +42,7 @@ def free_port():
 
 def require(tool, hint):
     """The path of a command-line tool, or a failure saying how to get it."""
-    path = shutil.which(tool)
+    path = shutil.which(tool) or shutil.which(tool, path='/usr/sbin:/sbin')
     if path is None:
         raise AssertionError('%s is not installed: %s' % (tool, hint))
     return path
@@ -434,3 +434,94 @@ class CountingProxy:
 
     def close(self):
         self.listener.close()
+
+
+# -- TLS ----------------------------------------------------------------------
+
+def openssl(*args, cwd):
+    tool = require('openssl', 'apt-get install openssl (or make tls-proxy)')
+    result = subprocess.run([tool] + list(args), cwd=str(cwd),
+                            capture_output=True, text=True, timeout=60)
+    if result.returncode:
+        raise AssertionError('openssl %s failed: %s'
+                             % (' '.join(args), result.stderr))
+
+
+def make_ca(directory, name):
+    """A self-signed CA: (certificate path, key path)."""
+    openssl('req', '-x509', '-newkey', 'ec', '-pkeyopt',
+            'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2',
+            '-subj', '/CN=%s' % name, '-keyout', name + '.key',
+            '-out', name + '.crt', cwd=directory)
+    return directory / (name + '.crt'), directory / (name + '.key')
+
+
+def make_server_certificate(directory, ca, names=('localhost',),
+                            addresses=('127.0.0.1',)):
+    """A server certificate signed by ca: (certificate path, key path)."""
+    san = ','.join(['DNS:' + n for n in names] +
+                   ['IP:' + a for a in addresses])
+    (directory / 'san.cnf').write_text('subjectAltName=%s\n' % san)
+    openssl('req', '-newkey', 'ec', '-pkeyopt',
+            'ec_paramgen_curve:prime256v1', '-nodes', '-subj',
+            '/CN=%s' % names[0], '-keyout', 'server.key', '-out',
+            'server.csr', cwd=directory)
+    openssl('x509', '-req', '-in', 'server.csr', '-CA', str(ca[0]),
+            '-CAkey', str(ca[1]), '-CAcreateserial', '-days', '2',
+            '-extfile', 'san.cnf', '-out', 'server.crt', cwd=directory)
+    return directory / 'server.crt', directory / 'server.key'
+
+
+STREAM_MODULE = '/usr/lib/nginx/modules/ngx_stream_module.so'
+
+
+class TLSTerminator:
+    """nginx's stream module: TLS on a port of its own, in front of the
+    broker's plain AMQP port."""
+
+    def __init__(self, directory, certificate):
+        self.nginx = require('nginx', 'make tls-proxy (apt-get install nginx '
+                                      'libnginx-mod-stream)')
+        if not Path(STREAM_MODULE).exists():
+            raise AssertionError('%s is missing: make tls-proxy (apt-get '
+                                 'install libnginx-mod-stream)'
+                                 % STREAM_MODULE)
+        self.dir = directory
+        self.port = free_port()
+        (directory / 'nginx.conf').write_text('''
+load_module %s;
+daemon off;
+master_process off;
+pid %s/nginx.pid;
+error_log %s/error.log info;
+events { worker_connections 64; }
+stream {
+  server {
+    listen 127.0.0.1:%d ssl;
+    ssl_certificate %s;
+    ssl_certificate_key %s;
+    proxy_pass %s:%d;
+  }
+}
+''' % (STREAM_MODULE, directory, directory, self.port, certificate[0],
+       certificate[1], BROKER[0], BROKER[1]))
+        self.process = subprocess.Popen(
+            [self.nginx, '-p', str(directory), '-e',
+             str(directory / 'error.log'), '-c',
+             str(directory / 'nginx.conf')],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while not port_open(self.port):
+            if self.process.poll() is not None or \
+                    time.monotonic() > deadline:
+                raise AssertionError('nginx did not start: %s'
+                                     % self.process.stderr.read())
+            time.sleep(0.05)
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

@@ -222,6 +222,13 @@ class Statelessd:
         self.stop()
 
 
+def assert_clean_log(log):
+    """Nothing escaped a request handler, no thread died, no worker died."""
+    for sign in ('Unexpected error', 'Exception in thread', 'died:',
+                 'failed to handle'):
+        assert sign not in log, log[log.index(sign) - 2000:][:4000]
+
+
 def children(pid):
     found = []
     for task in Path('/proc/%d/task' % pid).glob('*'):

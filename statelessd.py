@@ -105,6 +105,9 @@ class Config:
                                        prefix)
         self.max_queue_size = integer(rabbitmq, 'max_queue_size', 10000,
                                       prefix, 1)
+        self.idle_timeout = number(rabbitmq, 'idle_timeout', 3600.0, prefix)
+        # confirm: wait for the broker's ack before answering (?confirm=0
+        # opts out per request).
         self.confirm = boolean(rabbitmq, 'confirm', False, prefix)
         # max_publishers: vhost/user pairs a worker keeps a connection and a
         # thread for; a request for one more is answered 503.
@@ -114,6 +117,9 @@ class Config:
         # is refused again from memory, without a new broker connection.
         self.login_failure_ttl = number(rabbitmq, 'login_failure_ttl', 5.0,
                                         prefix)
+        # Application.spool: a directory where accepted messages wait for
+        # their confirm, so that a killed worker's successor replays them.
+        self.spool = optional_string(application, 'spool', 'Application.')
 
         # HTTPServer: what to bind, and the limits of one request.
         self.address = string(server, 'address', '0.0.0.0', 'HTTPServer.')
@@ -164,7 +170,8 @@ class Config:
             hosts=self.broker_hosts, heartbeat=self.heartbeat,
             connect_timeout=self.connect_timeout,
             max_queue_size=self.max_queue_size,
-            confirm_timeout=self.confirm_timeout, port=port,
+            confirm_timeout=self.confirm_timeout,
+            idle_timeout=self.idle_timeout, port=port,
             max_publishers=self.max_publishers,
             login_failure_ttl=self.login_failure_ttl, tls=self.tls)
 
@@ -366,6 +373,8 @@ def logging_config(mapping, debug):
         raise ConfigError('Logging: must be a logging.config mapping')
     mapping = json.loads(json.dumps(mapping))
     mapping.setdefault('version', 1)
+    # statelessd's loggers exist before the configuration is applied.
+    mapping.setdefault('disable_existing_loggers', False)
     handlers = mapping.get('handlers') or {}
     dropped = set()
     for name, handler in list(handlers.items()):
@@ -613,7 +622,7 @@ def json_headers(value):
     try:
         headers = json.loads(text(value, 'headers'),
                              parse_float=header_decimal)
-        json.dumps(headers, ensure_ascii=False).encode('utf-8')
+        json.dumps(headers, ensure_ascii=False, default=str).encode('utf-8')
     except RecursionError:
         raise bad_field('headers', 'is nested too deeply') from None
     except UnicodeEncodeError:
@@ -628,12 +637,13 @@ def json_headers(value):
 def header_decimal(literal):
     """A JSON number with a fraction or exponent, as an AMQP decimal.
 
-    AMQP decimals have nine digits and a scale of at most 255, so longer
-    literals and wild exponents are refused before arithmetic on them
-    could cost time or overflow.
+    AMQP decimals have nine digits and a scale of at most 255.  Long
+    literals and wild exponents are refused here, before arithmetic on
+    them could cost time or overflow; what is merely out of range is
+    refused when the properties are encoded.
     """
     number = decimal.Decimal(literal)
-    if len(literal) > 40 or not -300 < number.as_tuple().exponent < 300:
+    if len(literal) > 40 or not -1000 < number.as_tuple().exponent < 1000:
         raise ValueError('the number %s is beyond an AMQP decimal'
                          % literal[:40])
     return number
@@ -715,13 +725,38 @@ class Worker:
         self.config = config
         self.port = port
         self.host = socket.gethostname()
-        self.registry = statelessd_amqp.Registry(config.broker_settings(port))
+        self.spool = None
+        if config.spool:
+            self.spool = statelessd_amqp.Spool(config.spool,
+                                               'statelessd-%d.spool' % port)
+        self.registry = statelessd_amqp.Registry(config.broker_settings(port),
+                                                 self.spool)
+        self.stopping = False
         self.requests = statelessd_stats.RequestCounters()
         self.in_flight = 0
         self.in_flight_lock = threading.Lock()
         self.connection_slots = threading.BoundedSemaphore(
             config.max_connections)
         self.watchdog = Watchdog()
+
+    def start(self):
+        """Replay what a predecessor on this port left in the spool."""
+        if self.spool is not None:
+            self.registry.replay(self.spool.open())
+
+    def stop(self, timeout):
+        """Finish requests in flight, then flush publishers and the spool."""
+        self.stopping = True
+        deadline = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = self.registry.stop(max(0.0, deadline - time.monotonic()))
+        if self.spool is not None:
+            self.spool.close()
+        if left:
+            LOGGER.error('Port %d stopped with %d messages unconfirmed%s',
+                         self.port, left, ', kept in the spool'
+                         if self.spool is not None else '')
 
     def stats(self):
         return statelessd_stats.stats_document(
@@ -819,6 +854,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.dispatch('OPTIONS')
 
     def dispatch(self, method):
+        if self.worker.stopping:
+            self.close_connection = True
         with self.worker.in_flight_lock:
             self.worker.in_flight += 1
         try:
@@ -876,14 +913,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                                      self.read_body()))
         basic_properties = amqp_properties(
             message_properties(fields, headers, user))
+        message = statelessd_amqp.Message(exchange, routing_key,
+                                          fields.get('body', b''),
+                                          basic_properties, mandatory)
         try:
-            publisher = self.worker.registry.publisher_for(vhost, user,
-                                                           password)
-            message = statelessd_amqp.Message(
-                exchange, routing_key, fields.get('body', b''),
-                basic_properties, mandatory,
-                wait=confirm or not publisher.knows_exchange(exchange))
-            publisher.submit(message)
+            self.worker.registry.publish(vhost, user, password, message,
+                                         confirm)
             self.await_outcome(message, confirm)
         except statelessd_amqp.PublishError as error:
             raise publish_error(error) from None
@@ -1335,29 +1370,19 @@ BUSY = busy_response()
 
 def run_worker(config, server):
     """Serve one port until SIGTERM, then drain and exit."""
-    server.worker = Worker(config, server.server_address[1])
-    server.worker.watchdog.start()
+    worker = server.worker = Worker(config, server.server_address[1])
 
     def stop(signum, frame):
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    LOGGER.info('Worker %d serving port %d', os.getpid(), server.worker.port)
+    worker.watchdog.start()
+    worker.start()
+    LOGGER.info('Worker %d serving port %d', os.getpid(), worker.port)
     server.serve_forever()
-    finish_requests(server.worker, config.shutdown_timeout)
-    left = server.worker.registry.stop(config.shutdown_timeout)
-    if left:
-        LOGGER.error('Port %d stopped with %d messages unconfirmed',
-                     server.worker.port, left)
-    LOGGER.info('Worker %d for port %d stopped', os.getpid(),
-                server.worker.port)
-
-
-def finish_requests(worker, timeout):
-    deadline = time.monotonic() + timeout
-    while worker.in_flight and time.monotonic() < deadline:
-        time.sleep(0.05)
+    worker.stop(config.shutdown_timeout)
+    LOGGER.info('Worker %d for port %d stopped', os.getpid(), worker.port)
 
 
 class Master:
@@ -1436,8 +1461,10 @@ class Master:
     def supervise(self):
         pending = {}
         while True:
+            wait = min([1.0] + [max(0.0, when - time.monotonic())
+                                for when in pending.values()])
             try:
-                select.select([self.pipe[0]], [], [], 1.0)
+                select.select([self.pipe[0]], [], [], wait)
                 os.read(self.pipe[0], 4096)
             except (BlockingIOError, InterruptedError):
                 pass
@@ -1525,6 +1552,14 @@ def remove_pidfile(path):
 
 # -- command line ----------------------------------------------------------------
 
+def prepare_spool(directory):
+    if directory:
+        try:
+            statelessd_amqp.prepare_spool_directory(directory)
+        except ValueError as error:
+            raise ConfigError('Application.spool: %s' % error) from None
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog='statelessd',
@@ -1543,6 +1578,7 @@ def main(argv=None):
     try:
         config = load_config(args.config)
         configure_logging(config.logging)
+        prepare_spool(config.spool)
         return Master(config).run()
     except ConfigError as error:
         print('statelessd: configuration error: %s' % error, file=sys.stderr)

@@ -23,6 +23,7 @@ import re
 import struct
 import threading
 import time
+import zlib
 
 import pika
 import pika.exceptions
@@ -107,13 +108,15 @@ class Settings:
     """What a publisher needs to know about the broker and its limits."""
 
     def __init__(self, hosts, heartbeat=60, connect_timeout=5.0,
-                 max_queue_size=10000, confirm_timeout=10.0, port=0,
-                 max_publishers=100, login_failure_ttl=5.0, tls=None):
+                 max_queue_size=10000, confirm_timeout=10.0,
+                 idle_timeout=3600.0, port=0, max_publishers=100,
+                 login_failure_ttl=5.0, tls=None):
         self.hosts = list(hosts)
         self.heartbeat = heartbeat
         self.connect_timeout = connect_timeout
         self.max_queue_size = max_queue_size
         self.confirm_timeout = confirm_timeout
+        self.idle_timeout = idle_timeout
         self.port = port
         self.max_publishers = max_publishers
         self.login_failure_ttl = login_failure_ttl
@@ -123,26 +126,28 @@ class Settings:
 class Message:
     """One message on its way through a publisher.
 
-    A request that wants the outcome waits on ``done``; a fire-and-forget
-    request has already been answered, so its message must be kept until
-    RabbitMQ takes it.
+    A request that waits for the outcome gets a ``done`` event; without
+    one, the client was told 204 already and the message must be kept
+    until RabbitMQ takes it.
     """
 
     __slots__ = ('exchange', 'routing_key', 'body', 'properties', 'mandatory',
-                 'done', 'error', 'abandoned', 'returned', 'nacks')
+                 'done', 'error', 'abandoned', 'returned', 'nacks',
+                 'spool_id')
 
     def __init__(self, exchange, routing_key, body, properties,
-                 mandatory=False, wait=False):
+                 mandatory=False):
         self.exchange = exchange
         self.routing_key = routing_key
         self.body = body
         self.properties = properties
         self.mandatory = mandatory
-        self.done = threading.Event() if wait else None
+        self.done = None
         self.error = None
         self.abandoned = False
         self.returned = False
         self.nacks = 0
+        self.spool_id = None
 
     @property
     def accepted(self):
@@ -240,10 +245,15 @@ def refused_exchange(reply_text):
     return match.group(1) if match else None
 
 
+class PublisherClosed(Exception):
+    """The publisher went idle and closed; ask the registry for a new one."""
+
+
 class Publisher(threading.Thread):
     """One vhost/user: a thread, its connection, and the messages it keeps."""
 
-    def __init__(self, settings, vhost, user, password):
+    def __init__(self, settings, vhost, user, password, spool=None,
+                 on_exit=None):
         super().__init__(name='publisher-%s:%s' % (vhost, user), daemon=True)
         self.settings = settings
         self.stats = statelessd_stats.ConnectionCounters()
@@ -252,6 +262,8 @@ class Publisher(threading.Thread):
         self._password = password
         self._salt = os.urandom(16)
         self._digest = password_digest(self._salt, password)
+        self._spool = spool
+        self._on_exit = on_exit
         self._queue = queue.Queue()
         self._retry = collections.deque()
         self._parked = []
@@ -259,12 +271,16 @@ class Publisher(threading.Thread):
         self._known_exchanges = {''}
         self._connection = None
         self._channel = None
+        self._channel_close_reason = ''
         self._check_channel = None
         self._next_tag = 1
         self._wake_pending = False
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self._drain_deadline = 0.0
+        self._closed = False
+        self._closed_lock = threading.Lock()
+        self._last_used = time.monotonic()
         self.failure = None
 
     # -- called from request threads -------------------------------------
@@ -296,15 +312,28 @@ class Publisher(threading.Thread):
         return self.stats.report(queue_size=self.pending - outbox,
                                  outbox=outbox)
 
-    def knows_exchange(self, exchange):
-        return exchange in self._known_exchanges
+    def submit(self, message, confirm):
+        """Take a message, or raise QueueFull or PublisherClosed.
 
-    def submit(self, message):
-        """Hand a message to the publisher thread, or raise QueueFull."""
+        A message whose request waits for the outcome (confirm mode, or an
+        exchange this publisher has not checked yet) is not spooled: the
+        client learns what happened.  Any other is answered 204 at once, so
+        it goes to the spool first, when there is one.
+        """
         if self.pending >= self.settings.max_queue_size:
             raise QueueFull('%s:%s holds %d messages, its limit'
                             % (self.vhost, self.user, self.pending))
-        self._queue.put(message)
+        if message.spool_id is None:
+            if confirm or message.exchange not in self._known_exchanges:
+                message.done = threading.Event()
+            elif self._spool is not None:
+                self._spool.add(self.vhost, self.user, self._password,
+                                message)
+        with self._closed_lock:
+            if self._closed:
+                raise PublisherClosed()
+            self._last_used = time.monotonic()
+            self._queue.put(message)
         self._wake()
 
     def stop(self, drain_timeout=0.0):
@@ -328,6 +357,16 @@ class Publisher(threading.Thread):
     # -- the publisher thread ----------------------------------------------
 
     def run(self):
+        try:
+            self._run()
+        finally:
+            with self._closed_lock:
+                self._closed = True
+            if self._on_exit is not None:
+                self._on_exit(self)
+            self._report_leftovers()
+
+    def _run(self):
         backoff = BACKOFF_FIRST
         while not self._stopping.is_set():
             try:
@@ -350,7 +389,6 @@ class Publisher(threading.Thread):
                 LOGGER.warning('%s:%s lost its connection: %r', self.vhost,
                                self.user, error)
             self._disconnect()
-        self._report_leftovers()
 
     def _connect(self):
         self._connection = open_connection(self.settings, self.vhost,
@@ -365,7 +403,7 @@ class Publisher(threading.Thread):
         """Open the main channel in confirm mode with pipelined acks.
 
         BlockingChannel.confirm_delivery() makes every publish wait for its
-        own ack; the channel implementation underneath lets acks arrive
+        own ack.  The channel implementation underneath lets acks arrive
         while further messages go out, and calls back in wire order, so a
         Basic.Return is always seen before the ack of its message.
         """
@@ -376,6 +414,7 @@ class Publisher(threading.Thread):
         impl.confirm_delivery(ack_nack_callback=self._on_confirm,
                               callback=selected.append)
         impl.add_on_return_callback(self._on_return)
+        impl.add_on_close_callback(self._on_channel_closed)
         while not selected:
             self._connection.process_data_events(time_limit=0.005)
         self._channel = channel
@@ -387,6 +426,10 @@ class Publisher(threading.Thread):
         channel.confirm_delivery()
         self.stats.channel_opened()
         self._check_channel = channel
+
+    def _on_channel_closed(self, _channel, reason):
+        self._channel_close_reason = getattr(reason, 'reply_text', '') \
+            or str(reason)
 
     def _disconnect(self):
         self.stats.connected = False
@@ -414,6 +457,10 @@ class Publisher(threading.Thread):
             self._publish_waiting()
             if self._stopping.is_set() and self._drained():
                 return
+            if self._idle():
+                LOGGER.info('%s:%s idle for %ss, closing', self.vhost,
+                            self.user, self.settings.idle_timeout)
+                return
             self._connection.process_data_events(time_limit=IDLE_POLL)
             if self._channel.is_closed:
                 self._reopen_channel()
@@ -427,23 +474,29 @@ class Publisher(threading.Thread):
             return True
         return time.monotonic() >= self._drain_deadline
 
+    def _idle(self):
+        """Close for good when unused for idle_timeout with nothing held."""
+        if time.monotonic() - self._last_used < self.settings.idle_timeout:
+            return False
+        with self._closed_lock:
+            if self.pending:
+                return False
+            self._closed = True
+        self._stopping.set()
+        return True
+
     def _reopen_channel(self):
-        reason = self._channel_close_reason(self._channel)
+        reason = self._channel_close_reason
         LOGGER.warning('%s:%s channel closed: %s', self.vhost, self.user,
                        reason)
         self.stats.channel_closed()
         self._known_exchanges.discard(refused_exchange(reason))
         self._open_channel()
 
-    @staticmethod
-    def _channel_close_reason(channel):
-        reason = getattr(channel._impl, '_closing_reason', None)
-        return getattr(reason, 'reply_text', '') or repr(reason)
-
     def _publish_waiting(self):
-        while self._retry:
+        while self._retry and self._channel.is_open:
             self._send(self._retry.popleft())
-        while True:
+        while self._channel.is_open:
             try:
                 message = self._queue.get_nowait()
             except queue.Empty:
@@ -452,14 +505,19 @@ class Publisher(threading.Thread):
 
     def _send(self, message):
         if message.abandoned:
+            self._finish(message, ConfirmTimeout('abandoned by its request'))
             return
         if message.exchange not in self._known_exchanges:
             self._probe(message)
             return
-        self._channel._impl.basic_publish(
-            exchange=message.exchange, routing_key=message.routing_key,
-            body=message.body, properties=message.properties,
-            mandatory=message.mandatory)
+        try:
+            self._channel._impl.basic_publish(
+                exchange=message.exchange, routing_key=message.routing_key,
+                body=message.body, properties=message.properties,
+                mandatory=message.mandatory)
+        except pika.exceptions.AMQPError:
+            self._retry.appendleft(message)
+            raise
         self._outbox[self._next_tag] = message
         self._next_tag += 1
         self.stats.publishes += 1
@@ -485,11 +543,14 @@ class Publisher(threading.Thread):
             self.stats.channel_closed()
             self._open_check_channel()
             self._exchange_refused(message, error)
+        except pika.exceptions.AMQPError:
+            self._retry.appendleft(message)
+            raise
         else:
             self._known_exchanges.add(message.exchange)
             self.stats.publishes += 1
             self.stats.confirmed += 1
-            message.settle()
+            self._finish(message)
 
     def _exchange_refused(self, message, error):
         if error.reply_code == 404:
@@ -505,25 +566,30 @@ class Publisher(threading.Thread):
                            failure.reason)
             self._parked.append(message)
         else:
-            message.settle(failure)
+            self._finish(message, failure)
 
     def _on_confirm(self, frame):
         method = frame.method
-        tag = method.delivery_tag
-        if method.multiple:
-            tags = [t for t in self._outbox if t <= tag]
-        else:
-            tags = [tag] if tag in self._outbox else []
         acked = isinstance(method, pika.spec.Basic.Ack)
-        for each in tags:
-            message = self._outbox.pop(each)
+        for message in self._confirmed_messages(method.delivery_tag,
+                                                method.multiple):
             if not acked:
                 self._nacked(message)
             elif message.returned:
                 self._finish_returned(message)
             else:
                 self.stats.confirmed += 1
-                message.settle()
+                self._finish(message)
+
+    def _confirmed_messages(self, tag, multiple):
+        """Pop what an ack or nack covers; the outbox is in tag order."""
+        if not multiple:
+            message = self._outbox.pop(tag, None)
+            return [message] if message is not None else []
+        messages = []
+        while self._outbox and next(iter(self._outbox)) <= tag:
+            messages.append(self._outbox.popitem(last=False)[1])
+        return messages
 
     def _nacked(self, message):
         message.nacks += 1
@@ -534,8 +600,8 @@ class Publisher(threading.Thread):
         LOGGER.error('RabbitMQ nacked message_id=%r for %r/%r %d times',
                      message.properties.message_id, message.exchange,
                      message.routing_key, message.nacks)
-        message.settle(Nacked('RabbitMQ nacked the message %d times'
-                              % message.nacks))
+        self._finish(message, Nacked('RabbitMQ nacked the message %d times'
+                                     % message.nacks))
 
     def _on_return(self, _channel, method, _properties, body):
         for message in self._outbox.values():
@@ -553,15 +619,216 @@ class Publisher(threading.Thread):
         if message.accepted:
             LOGGER.warning('Returned unroutable message_id=%r: %s',
                            message.properties.message_id, reason)
-            message.settle()
+            self._finish(message)
         else:
-            message.settle(Unroutable(reason))
+            self._finish(message, Unroutable(reason))
+
+    def _finish(self, message, error=None):
+        """The broker's word is in: tell the request, retire the spool entry."""
+        message.settle(error)
+        if message.spool_id is not None:
+            self._spool.retire(message.spool_id)
 
     def _report_leftovers(self):
         left = self.pending
         if left:
-            LOGGER.error('%s:%s stopped with %d unconfirmed messages',
-                         self.vhost, self.user, left)
+            LOGGER.error('%s:%s stopped with %d unconfirmed messages%s',
+                         self.vhost, self.user, left,
+                         ' (kept in the spool)' if self._spool else '')
+
+
+def prepare_spool_directory(path):
+    """Create the spool directory 0700, or refuse one others can read.
+
+    The spool holds passwords, so nobody but statelessd's user may read it.
+    """
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        status = os.stat(path)
+    except OSError as error:
+        raise ValueError('cannot create %s: %s' % (path, error.strerror))
+    if status.st_mode & 0o077:
+        raise ValueError('%s is open to other users (mode %03o); statelessd'
+                         ' keeps passwords there and needs 0700'
+                         % (path, status.st_mode & 0o777))
+    if status.st_uid != os.geteuid():
+        raise ValueError('%s belongs to uid %d, not to statelessd (uid %d)'
+                         % (path, status.st_uid, os.geteuid()))
+
+
+class Spool:
+    """Messages answered 204 and not yet confirmed, on disk for a successor.
+
+    An append-only file of records (length, CRC-32, kind, payload): an add
+    holds the vhost, user, password, exchange, routing key, mandatory flag,
+    encoded properties and body; a retire names an add whose message the
+    broker confirmed.  Adds are written by one flusher thread, one fsync for
+    all that arrived meanwhile; the file is rewritten with only the live
+    records once retired ones dominate.  A record torn by a crash fails its
+    CRC and ends the replay.
+    """
+
+    HEADER = struct.Struct('>IIB')
+    ADD, RETIRE = 1, 2
+    #: Retired records tolerated in the file before it is compacted.
+    COMPACT_AFTER = 10000
+    #: How long a retire may wait for company before it is written alone.
+    RETIRE_DELAY = 1.0
+
+    def __init__(self, directory, name):
+        self.path = os.path.join(directory, name)
+        self._cond = threading.Condition()
+        self._live = collections.OrderedDict()
+        self._buffer = []
+        self._appended = 0
+        self._durable = 0
+        self._retired_in_file = 0
+        self._next_id = 1
+        self._file = None
+        self._closing = False
+        self._flusher = threading.Thread(target=self._flush_forever,
+                                         name='spool-flusher', daemon=True)
+
+    def open(self):
+        """Start a compacted file; return (vhost, user, password, Message)
+        for every message a predecessor left unconfirmed."""
+        entries = self._recover()
+        with self._cond:
+            self._rewrite()
+        self._flusher.start()
+        if entries:
+            LOGGER.warning('Replaying %d spooled messages from %s',
+                           len(entries), self.path)
+        return entries
+
+    def add(self, vhost, user, password, message):
+        """Write a message durably; returns once it is fsynced."""
+        meta = json.dumps([vhost, user, password, message.exchange,
+                           message.routing_key, message.mandatory]).encode()
+        properties = b''.join(message.properties.encode())
+        with self._cond:
+            spool_id = self._next_id
+            self._next_id += 1
+            record = self._record(self.ADD, struct.pack(
+                '>QII', spool_id, len(meta), len(properties)) + meta
+                + properties + message.body)
+            self._live[spool_id] = record
+            self._buffer.append(record)
+            self._appended += 1
+            ticket = self._appended
+            message.spool_id = spool_id
+            self._cond.notify_all()
+            while self._durable < ticket:
+                self._cond.wait()
+
+    def retire(self, spool_id):
+        with self._cond:
+            if self._live.pop(spool_id, None) is not None:
+                self._buffer.append(self._record(
+                    self.RETIRE, struct.pack('>Q', spool_id)))
+                self._retired_in_file += 1
+
+    def close(self):
+        """Write what is buffered and stop the flusher."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._flusher.is_alive():
+            self._flusher.join()
+        self._file.close()
+
+    @classmethod
+    def _record(cls, kind, payload):
+        return cls.HEADER.pack(len(payload), zlib.crc32(bytes([kind])
+                                                        + payload),
+                               kind) + payload
+
+    def _flush_forever(self):
+        while True:
+            with self._cond:
+                while not self._closing and self._durable == self._appended:
+                    if self._buffer:
+                        self._cond.wait(self.RETIRE_DELAY)
+                        break
+                    self._cond.wait()
+                records, self._buffer = self._buffer, []
+                ticket = self._appended
+                closing = self._closing
+            if records:
+                self._file.write(b''.join(records))
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            with self._cond:
+                self._durable = max(self._durable, ticket)
+                self._cond.notify_all()
+                if self._retired_in_file > max(self.COMPACT_AFTER,
+                                               len(self._live)):
+                    self._rewrite()
+            if closing:
+                return
+
+    def _rewrite(self):
+        """Replace the file with the live records; the caller holds _cond."""
+        temporary = self.path + '.tmp'
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, 'wb') as handle:
+            handle.write(b''.join(self._live.values()))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+        directory = os.open(os.path.dirname(self.path) or '.', os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        if self._file is not None:
+            self._file.close()
+        self._file = open(self.path, 'ab')
+        self._buffer = []
+        self._durable = self._appended
+        self._retired_in_file = 0
+        self._cond.notify_all()
+
+    def _recover(self):
+        try:
+            with open(self.path, 'rb') as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        position = 0
+        while position + self.HEADER.size <= len(data):
+            length, crc, kind = self.HEADER.unpack_from(data, position)
+            end = position + self.HEADER.size + length
+            payload = data[position + self.HEADER.size:end]
+            if end > len(data) or zlib.crc32(bytes([kind]) + payload) != crc:
+                break
+            spool_id = struct.unpack_from('>Q', payload)[0]
+            if kind == self.ADD:
+                self._live[spool_id] = data[position:end]
+            else:
+                self._live.pop(spool_id, None)
+            position = end
+        if position < len(data):
+            LOGGER.warning('Skipped %d bytes of a torn record at the end of '
+                           '%s', len(data) - position, self.path)
+        self._next_id = max(self._live, default=0) + 1
+        return [self._decode(record) for record in self._live.values()]
+
+    def _decode(self, record):
+        payload = record[self.HEADER.size:]
+        spool_id, meta_size, properties_size = struct.unpack_from('>QII',
+                                                                  payload)
+        offset = struct.calcsize('>QII')
+        meta = json.loads(payload[offset:offset + meta_size])
+        offset += meta_size
+        properties = pika.BasicProperties()
+        properties.decode(payload[offset:offset + properties_size])
+        vhost, user, password, exchange, routing_key, mandatory = meta
+        message = Message(exchange, routing_key,
+                          payload[offset + properties_size:], properties,
+                          mandatory)
+        message.spool_id = spool_id
+        return vhost, user, password, message
 
 
 class Refusals:
@@ -611,11 +878,25 @@ class Refusals:
 class Registry:
     """The publishers of one worker process, keyed by vhost and user."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, spool=None):
         self.settings = settings
+        self.spool = spool
         self._lock = threading.Lock()
         self._publishers = {}
         self._refusals = Refusals(settings.login_failure_ttl)
+        self._closed = False
+
+    def publish(self, vhost, user, password, message, confirm):
+        """Hand a message to vhost/user's publisher, starting one if need be."""
+        for _ in range(3):
+            publisher = self.publisher_for(vhost, user, password)
+            try:
+                publisher.submit(message, confirm)
+                return
+            except PublisherClosed:
+                self._discard(publisher)
+        raise BrokerUnavailable('the publisher for %s:%s keeps closing'
+                                % (vhost, user))
 
     def publisher_for(self, vhost, user, password):
         """The running publisher for vhost/user, if this password may use it.
@@ -651,23 +932,54 @@ class Registry:
 
     def _running(self, vhost, user, password):
         with self._lock:
+            if self._closed:
+                raise BrokerUnavailable('statelessd is shutting down')
             publisher = self._publishers.get((vhost, user))
             if publisher is None:
                 if len(self._publishers) >= self.settings.max_publishers:
                     raise TooManyPublishers(
                         'this worker already publishes for %d vhost/user '
                         'pairs, its limit' % len(self._publishers))
-                publisher = Publisher(self.settings, vhost, user, password)
+                publisher = Publisher(self.settings, vhost, user, password,
+                                      self.spool, self._discard)
                 self._publishers[(vhost, user)] = publisher
                 publisher.start()
             return publisher
 
     def _forget(self, publisher):
         publisher.stop()
+        self._discard(publisher)
+
+    def _discard(self, publisher):
         with self._lock:
             key = (publisher.vhost, publisher.user)
             if self._publishers.get(key) is publisher:
                 del self._publishers[key]
+
+    def replay(self, entries):
+        """Hand spooled messages back to publishers in the background."""
+        groups = collections.OrderedDict()
+        for vhost, user, password, message in entries:
+            groups.setdefault((vhost, user, password), []).append(message)
+        for login, messages in groups.items():
+            threading.Thread(target=self._replay, args=login + (messages,),
+                             name='replay-%s:%s' % login[:2],
+                             daemon=True).start()
+
+    def _replay(self, vhost, user, password, messages):
+        """Retry until the broker takes the login: these were answered 204."""
+        backoff = BACKOFF_FIRST
+        while messages and not self._closed:
+            try:
+                self.publish(vhost, user, password, messages[0], False)
+            except PublishError as error:
+                LOGGER.warning('Spooled messages for %s:%s wait: %s', vhost,
+                               user, error.reason)
+                time.sleep(backoff * random.uniform(0.5, 1.5))
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            messages.pop(0)
+            backoff = BACKOFF_FIRST
 
     def report(self):
         with self._lock:
@@ -675,10 +987,13 @@ class Registry:
         return {'%s:%s' % (p.vhost, p.user): p.report() for p in publishers}
 
     def stop(self, timeout):
-        """Flush every publisher for up to timeout seconds, then close."""
+        """Flush every publisher for up to timeout seconds, then close.
+
+        Returns how many messages were left unconfirmed.
+        """
         with self._lock:
+            self._closed = True
             publishers = list(self._publishers.values())
-            self._publishers.clear()
         deadline = time.monotonic() + timeout
         for publisher in publishers:
             publisher.stop(timeout)

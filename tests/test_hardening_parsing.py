@@ -5,6 +5,7 @@ status, never in another exception; valid messages round-trip byte-exact
 through urlencoded and multipart bodies.
 """
 import base64
+import decimal
 import json
 import urllib.parse
 
@@ -155,6 +156,8 @@ def multipartish():
          'u')
 @example(None, b'headers=%7B%22a%22%3A%22' + b'v' * 70000 + b'%22%7D', 'u')
 @example(None, b'user_id=someone-else', 'u')
+@example(None, b'headers=%7B%22c%22%3A1.5%2C%22d%22%3A%5B2.5e3%5D%7D', 'u')
+@example(None, b'headers=%7B%22a%22%3A1e300%7D', 'u')
 def test_any_body_is_a_message_or_4xx(content_type, body, user):
     result = client_error(parse_message, content_type, body, user)
     if not isinstance(result, statelessd.HTTPError):
@@ -194,14 +197,16 @@ PROPERTY_TEXT = st.text(st.characters(blacklist_categories=('Cs',)),
        headers=st.dictionaries(
            st.text(st.characters(blacklist_categories=('Cs',)), max_size=20),
            st.one_of(st.integers(-2 ** 31, 2 ** 31 - 1), PROPERTY_TEXT,
-                     st.booleans(), st.none()), max_size=5),
+                     st.booleans(), st.none(),
+                     st.decimals(places=2, min_value=-10 ** 6,
+                                 max_value=10 ** 6)), max_size=5),
        encoding=st.sampled_from(['urlencoded', 'multipart']))
 def test_valid_message_round_trips(body, message_id, app_id, priority,
                                    delivery_mode, headers, encoding):
     fields = [('body', body), ('message_id', message_id),
               ('app_id', app_id), ('priority', str(priority)),
               ('delivery_mode', str(delivery_mode)),
-              ('headers', json.dumps(headers))]
+              ('headers', json_object(headers))]
     if encoding == 'urlencoded':
         content_type = 'application/x-www-form-urlencoded'
         raw = support.urlencode(fields)
@@ -217,6 +222,14 @@ def test_valid_message_round_trips(body, message_id, app_id, priority,
     assert properties['priority'] == priority
     assert properties['delivery_mode'] == delivery_mode
     assert properties.get('headers', {}) == headers
+
+
+def json_object(mapping):
+    """JSON for a flat mapping, decimals written as JSON numbers."""
+    return '{%s}' % ', '.join(
+        '%s: %s' % (json.dumps(name), value if isinstance(
+            value, decimal.Decimal) else json.dumps(value))
+        for name, value in mapping.items())
 
 
 def test_user_id_of_someone_else_is_refused():

@@ -1,0 +1,56 @@
+<?php
+/*
+ * Publish one message through statelessd the classic way: a PHP array of
+ * fields handed to CURLOPT_POSTFIELDS, which curl sends as
+ * multipart/form-data.
+ *
+ * Usage: php publisher_array.php URL USER PASSWORD [BODY] [TIMESTAMP]
+ * Each argument may instead come from the environment: STATELESSD_URL,
+ * STATELESSD_USER, STATELESSD_PASSWORD, STATELESSD_BODY,
+ * STATELESSD_TIMESTAMP.
+ *
+ * Prints the HTTP status code; exits 0 on 204 No Content, 1 otherwise.
+ */
+
+function setting($argv, $index, $name, $default = null)
+{
+    if (isset($argv[$index])) {
+        return $argv[$index];
+    }
+    $value = getenv($name);
+    return $value === false ? $default : $value;
+}
+
+$url = setting($argv, 1, 'STATELESSD_URL',
+               'http://127.0.0.1:8000/%2f/example/routing.key');
+$user = setting($argv, 2, 'STATELESSD_USER', 'guest');
+$password = setting($argv, 3, 'STATELESSD_PASSWORD', 'guest');
+$body = setting($argv, 4, 'STATELESSD_BODY', '{"hello": "world"}');
+$timestamp = setting($argv, 5, 'STATELESSD_TIMESTAMP', (string) time());
+
+$message = array(
+    'body' => $body,
+    'app_id' => 'php-example',
+    'content_type' => 'application/json',
+    'timestamp' => $timestamp,
+    'type' => 'example.event',
+    'user_id' => $user,
+);
+
+$ch = curl_init($url);
+curl_setopt($ch, CURLOPT_POST, true);
+curl_setopt($ch, CURLOPT_POSTFIELDS, $message);
+curl_setopt($ch, CURLOPT_USERPWD, $user . ':' . $password);
+curl_setopt($ch, CURLOPT_RETURNTRANSFER, true);
+curl_setopt($ch, CURLOPT_TIMEOUT, 30);
+$response = curl_exec($ch);
+$code = curl_getinfo($ch, CURLINFO_HTTP_CODE);
+if ($response === false) {
+    fwrite(STDERR, 'curl error: ' . curl_error($ch) . "\n");
+} elseif ($code != 204) {
+    fwrite(STDERR, $response . "\n");
+}
+curl_close($ch);
+
+echo $code, "\n";
+exit($code == 204 ? 0 : 1);

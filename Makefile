@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 CONFIG ?= statelessd.yaml
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 
-.PHONY: run test venv broker php tls-proxy clean
+.PHONY: run test venv broker php nginx chromium tls-proxy pyz clean
 
 run: venv broker
 	$(PY) statelessd.py -c $(CONFIG) -f
 
-test: venv broker php tls-proxy
+test: venv broker php nginx chromium tls-proxy
 	$(PY) -m pytest tests
 
 venv: $(VENV)/.installed
@@ -60,6 +60,46 @@ tls-proxy:
 	    exit 1; \
 	  fi; \
 	fi
+
+# nginx, for the tests that run statelessd behind etc/nginx.conf.
+nginx:
+	@if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && $(APT_INSTALL) nginx; \
+	  else \
+	    echo "the nginx pool tests need nginx: apt-get install nginx"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+# Headless Chromium, for the test that renders the dashboard.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && $(APT_INSTALL) chromium; \
+	  else \
+	    echo "the dashboard test needs Chromium: apt-get install chromium"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+# dist/statelessd.pyz: statelessd with pika and pure-Python PyYAML in one
+# file that any Python 3.9+ runs: python3 statelessd.pyz -c FILE -f.
+# PY=/path/to/python builds with an interpreter that has both already.
+PYZ_BUILD := build/pyz
+pyz: $(if $(filter command line,$(origin PY)),,venv)
+	rm -rf $(PYZ_BUILD)
+	mkdir -p $(PYZ_BUILD) dist
+	cp statelessd.py statelessd_amqp.py statelessd_stats.py $(PYZ_BUILD)/
+	$(PY) -c 'import os, pika, yaml; [print(os.path.dirname(m.__file__)) for m in (pika, yaml)]' \
+	  | while read package; do cp -R "$$package" $(PYZ_BUILD)/; done
+	rm -f $(PYZ_BUILD)/yaml/_yaml*
+	find $(PYZ_BUILD) -name __pycache__ -prune -exec rm -rf {} +
+	printf 'import sys\n\nimport statelessd\n\nsys.exit(statelessd.main())\n' \
+	  > $(PYZ_BUILD)/__main__.py
+	$(PY) -m zipapp $(PYZ_BUILD) --compress --python '/usr/bin/env python3' \
+	  --output dist/statelessd.pyz
+	@echo "built dist/statelessd.pyz"
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

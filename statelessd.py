@@ -7,18 +7,24 @@ lives in statelessd_amqp, counting in statelessd_stats.
 import argparse
 import base64
 import collections
+import concurrent.futures
+import contextlib
 import decimal
 import email.message
 import email.parser
 import email.utils
 import errno
+import grp
 import http
+import http.client
 import http.server
 import ipaddress
 import json
 import logging
 import logging.config
+import mimetypes
 import os
+import pwd
 import select
 import signal
 import socket
@@ -39,6 +45,12 @@ LOGGER = logging.getLogger('statelessd')
 
 #: Seconds a client is told to wait before retrying a 503.
 RETRY_AFTER = 5
+#: Seconds /stats/all and /metrics wait for a sibling port's /stats.
+SIBLING_TIMEOUT = 1.0
+#: Seconds /health waits for a TCP connect to a RabbitMQ node.
+HEALTH_TIMEOUT = 1.0
+#: What a custom dashboard in Application.paths.templates is called.
+DASHBOARD_TEMPLATE = 'dashboard.html'
 #: The original project's handler names, accepted in the Routes section.
 ROUTE_HANDLERS = ('statelessd.Publisher', 'statelessd.Stats',
                   'statelessd.Dashboard')
@@ -59,6 +71,10 @@ FALSE_WORDS = ('0', 'false', 'no', 'off', '')
 
 class ConfigError(Exception):
     """A configuration value statelessd cannot run with."""
+
+
+class AlreadyRunning(Exception):
+    """Daemon.pidfile names a statelessd that is still running."""
 
 
 class HTTPError(Exception):
@@ -87,11 +103,28 @@ class Config:
         rabbitmq = section(application, 'rabbitmq', 'Application.')
         server = section(document, 'HTTPServer')
 
-        # Daemon: where the master writes its pid.
-        self.pidfile = optional_string(daemon, 'pidfile', 'Daemon.')
+        # Daemon.pidfile: where the master writes its pid; a live pid there
+        # refuses a second start, a dead one is replaced.
+        self.pidfile = optional_path(daemon, 'pidfile', os.getcwd(),
+                                     'Daemon.')
+        # Daemon.user, Daemon.group: whom the workers run as once their
+        # port is bound, when statelessd starts as root.  The group
+        # defaults to the user's own.
+        self.run_as = run_as(daemon)
 
         # Application: debug enables Logging handlers marked debug_only.
         self.debug = boolean(application, 'debug', False, 'Application.')
+        # Application.paths: templates may hold a dashboard.html that
+        # replaces the built-in page at /; static holds the files served
+        # under /static/.  Relative paths are relative to paths.base, and
+        # base to the working directory statelessd starts in.
+        paths = section(application, 'paths', 'Application.')
+        base = optional_path(paths, 'base', os.getcwd(),
+                             'Application.paths.') or os.getcwd()
+        self.templates = optional_path(paths, 'templates', base,
+                                       'Application.paths.')
+        self.static = optional_path(paths, 'static', base,
+                                    'Application.paths.')
         # Application.rabbitmq: the broker, and how long to wait for it.
         prefix = 'Application.rabbitmq.'
         self.tls = broker_tls(rabbitmq)
@@ -119,10 +152,14 @@ class Config:
                                         prefix)
         # Application.spool: a directory where accepted messages wait for
         # their confirm, so that a killed worker's successor replays them.
-        self.spool = optional_string(application, 'spool', 'Application.')
+        # With Daemon.user set, that user must be able to create and own it.
+        self.spool = optional_path(application, 'spool', os.getcwd(),
+                                   'Application.')
 
         # HTTPServer: what to bind, and the limits of one request.
         self.address = string(server, 'address', '0.0.0.0', 'HTTPServer.')
+        # Where a worker reaches its sibling ports for /stats/all.
+        self.loopback = loopback_address(self.address)
         self.ports = ports(server)
         self.keep_alive = not boolean(server, 'no_keep_alive', False,
                                       'HTTPServer.')
@@ -234,6 +271,44 @@ def optional_string(parent, name, prefix):
     if parent.get(name) is None:
         return None
     return string(parent, name, None, prefix)
+
+
+def optional_path(parent, name, base, prefix):
+    """An absolute path: the daemon changes its directory to /."""
+    value = optional_string(parent, name, prefix)
+    if value is None:
+        return None
+    return os.path.abspath(os.path.join(base, value))
+
+
+def run_as(daemon):
+    """(uid, gid) from Daemon.user and Daemon.group, or None."""
+    user = optional_string(daemon, 'user', 'Daemon.')
+    group = optional_string(daemon, 'group', 'Daemon.')
+    if user is None:
+        if group is not None:
+            raise ConfigError('Daemon.group: needs Daemon.user as well')
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError('Daemon.user: there is no user %r' % user) from None
+    if group is None:
+        return entry.pw_uid, entry.pw_gid
+    try:
+        return entry.pw_uid, grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError('Daemon.group: there is no group %r'
+                          % group) from None
+
+
+def loopback_address(address):
+    """The address siblings answer on: a wildcard bind answers loopback."""
+    if address == '0.0.0.0':
+        return '127.0.0.1'
+    if address == '::':
+        return '::1'
+    return address
 
 
 def port_number(value, key):
@@ -721,9 +796,10 @@ def publish_error(error):
 class Worker:
     """What the request threads of one worker process share."""
 
-    def __init__(self, config, port):
+    def __init__(self, config, port, dashboard):
         self.config = config
         self.port = port
+        self.dashboard = dashboard
         self.host = socket.gethostname()
         self.spool = None
         if config.spool:
@@ -762,9 +838,86 @@ class Worker:
         return statelessd_stats.stats_document(
             self.host, self.port, self.requests, self.registry.report())
 
+    def all_stats(self):
+        """Every configured port's /stats document, in port order.
+
+        The siblings are asked in parallel over loopback with a short
+        timeout, so a dead or hung worker is reported, not waited for.
+        """
+        ports = self.config.ports
+        with concurrent.futures.ThreadPoolExecutor(len(ports)) as pool:
+            return list(pool.map(self.port_stats, ports))
+
+    def port_stats(self, port):
+        if port == self.port:
+            document = self.stats()
+        else:
+            try:
+                document = sibling_stats(self.config.loopback, port)
+            except (OSError, ValueError, http.client.HTTPException) as error:
+                return {'port': port, 'up': False,
+                        'error': sibling_failure(error)}
+        document['up'] = True
+        return document
+
+    def health_problem(self):
+        """Why this worker cannot publish now, or None when it can.
+
+        A connected publisher proves the broker reachable; without one, a
+        TCP connect to the configured RabbitMQ nodes must succeed.
+        """
+        if self.stopping:
+            return 'the worker is shutting down'
+        if any(counters['connected']
+               for counters in self.registry.report().values()):
+            return None
+        return broker_unreachable(self.config.broker_hosts)
+
+
+def sibling_stats(address, port):
+    connection = http.client.HTTPConnection(address, port,
+                                            timeout=SIBLING_TIMEOUT)
+    try:
+        connection.request('GET', '/stats')
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise ValueError('GET /stats answered %d' % response.status)
+    return json.loads(body)
+
+
+def sibling_failure(error):
+    if isinstance(error, socket.timeout):
+        return 'no answer within %ss' % SIBLING_TIMEOUT
+    return getattr(error, 'strerror', None) or str(error) or \
+        type(error).__name__
+
+
+def broker_unreachable(hosts):
+    """None when a RabbitMQ node accepts a TCP connection, else why not."""
+    failures = []
+    for host, port in hosts:
+        try:
+            socket.create_connection((host, port), HEALTH_TIMEOUT).close()
+            return None
+        except OSError as error:
+            failures.append('%s:%d %s' % (host, port,
+                                          sibling_failure(error)))
+    return 'no RabbitMQ node answers: %s' % '; '.join(failures)
+
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    """Routes /stats, / and /<vhost>/<exchange>/<routing_key>."""
+    """Routes the pages in PAGES, /static/ and /<vhost>/<exchange>/<key>."""
+
+    #: Paths answered to GET and HEAD, and the method that answers each.
+    PAGES = {'/': 'send_dashboard', '/stats': 'send_stats',
+             '/stats/all': 'send_all_stats', '/metrics': 'send_metrics',
+             '/health': 'send_health'}
+    #: The pages HTTPServer.stats_allow guards: they name every vhost/user
+    #: publishing through the worker.  /health says only up or down.
+    STATS_PAGES = ('/', '/stats', '/stats/all', '/metrics')
 
     server_version = 'statelessd/' + __version__
     protocol_version = 'HTTP/1.1'
@@ -882,17 +1035,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def route(self, method):
         path, _, query = self.path.partition('?')
-        if path in ('/', '/stats'):
+        if path in self.PAGES:
             if method not in ('GET', 'HEAD'):
                 raise HTTPError(405, '%s accepts GET' % path,
                                 {'Allow': 'GET, HEAD'})
-            self.check_stats_access()
+            if path in self.STATS_PAGES:
+                self.check_stats_access()
             self.refuse_body()
-            if path == '/stats':
-                self.send_body(200, 'application/json',
-                               json.dumps(self.worker.stats()).encode())
-            else:
-                self.send_body(200, 'text/html; charset=utf-8', DASHBOARD)
+            getattr(self, self.PAGES[path])()
+            return
+        if method in ('GET', 'HEAD') and path.startswith('/static/') \
+                and self.worker.config.static:
+            self.send_static(path[len('/static/'):])
             return
         target = publish_target(path)
         if target is None:
@@ -902,6 +1056,50 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise HTTPError(405, 'a publish path accepts POST only',
                             {'Allow': 'POST'})
         self.publish(target, urllib.parse.parse_qs(query))
+
+    def send_dashboard(self):
+        self.send_body(200, 'text/html; charset=utf-8', self.worker.dashboard)
+
+    def send_stats(self):
+        self.send_json(200, self.worker.stats())
+
+    def send_all_stats(self):
+        documents = self.worker.all_stats()
+        self.send_json(200, statelessd_stats.all_document(self.worker.host,
+                                                          documents))
+
+    def send_metrics(self):
+        text = statelessd_stats.prometheus_text(self.worker.all_stats())
+        self.send_body(200, statelessd_stats.PROMETHEUS_CONTENT_TYPE,
+                       text.encode('utf-8'))
+
+    def send_health(self):
+        """200 while this worker can publish, 503 (one JSON line) if not."""
+        problem = self.worker.health_problem()
+        if problem is None:
+            self.send_json(200, {'status': 'ok', 'port': self.worker.port})
+        else:
+            self.send_json(503, {'status': 'unavailable',
+                                 'port': self.worker.port,
+                                 'reason': problem},
+                           {'Retry-After': str(RETRY_AFTER)})
+
+    def send_static(self, name):
+        """A file below Application.paths.static, never one outside it."""
+        root = os.path.realpath(self.worker.config.static)
+        path = os.path.realpath(os.path.join(
+            root, decode_segment(name, 'file name')))
+        if not path.startswith(root + os.sep) or not os.path.isfile(path):
+            raise HTTPError(404, 'no such static file: %s' % name)
+        with open(path, 'rb') as handle:
+            body = handle.read()
+        content_type = mimetypes.guess_type(path)[0] or \
+            'application/octet-stream'
+        self.send_body(200, content_type, body)
+
+    def send_json(self, status, document, headers=None):
+        self.send_body(status, 'application/json',
+                       json.dumps(document).encode() + b'\n', headers)
 
     def publish(self, target, query):
         vhost, exchange, routing_key = target
@@ -1282,27 +1480,6 @@ def drain(sock):
     return True
 
 
-DASHBOARD = b"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>statelessd</title>
-<style>body{font-family:sans-serif;margin:2em}td,th{padding:.2em .8em;
-text-align:left}</style></head>
-<body><h1>statelessd</h1><p id="port"></p>
-<table><thead><tr><th>vhost:user</th><th>connected</th><th>publishes</th>
-<th>queue</th></tr></thead><tbody id="rows"></tbody></table>
-<script>
-fetch('/stats').then(r => r.json()).then(s => {
-  document.getElementById('port').textContent = 'port ' + s.port;
-  const rows = document.getElementById('rows');
-  for (const [key, c] of Object.entries(s.connections)) {
-    const tr = rows.insertRow();
-    for (const v of [key, c.connected, c.publishes, c.queue_size])
-      tr.insertCell().textContent = v;
-  }
-});
-</script></body></html>
-"""
-
-
 class Server(http.server.ThreadingHTTPServer):
     """One port's HTTP server; created by the master, served by a worker."""
 
@@ -1368,11 +1545,13 @@ BUSY = busy_response()
 
 # -- processes -------------------------------------------------------------------
 
-def run_worker(config, server):
+def run_worker(config, server, dashboard):
     """Serve one port until SIGTERM, then drain and exit."""
-    worker = server.worker = Worker(config, server.server_address[1])
+    worker = server.worker = Worker(config, server.server_address[1],
+                                    dashboard)
 
     def stop(signum, frame):
+        worker.stopping = True
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
@@ -1383,6 +1562,18 @@ def run_worker(config, server):
     server.serve_forever()
     worker.stop(config.shutdown_timeout)
     LOGGER.info('Worker %d for port %d stopped', os.getpid(), worker.port)
+
+
+def drop_privileges(run_as):
+    """Run a worker as Daemon.user: its port is bound, nothing else needs
+    root.  The master keeps root to restart workers and remove its pid
+    file."""
+    if run_as is None or os.geteuid() != 0:
+        return
+    uid, gid = run_as
+    os.setgroups([gid])
+    os.setgid(gid)
+    os.setuid(uid)
 
 
 class Master:
@@ -1396,28 +1587,31 @@ class Master:
 
     def __init__(self, config):
         self.config = config
+        self.dashboard = dashboard_page(config.templates)
         self.servers = {}
         self.workers = {}
         self.started = {}
         self.backoff = {}
         self.signals = []
         self.pipe = None
+        if config.run_as is not None and os.geteuid() != 0 \
+                and config.run_as[0] != os.geteuid():
+            LOGGER.warning('Daemon.user is set, but statelessd does not run '
+                           'as root: the workers keep uid %d', os.geteuid())
 
-    def run(self):
+    def bind_ports(self):
         for port in self.config.ports:
             self.servers[port] = self.bind(port)
+
+    def run(self):
         self.pipe = os.pipe()
         for fd in self.pipe:
             os.set_blocking(fd, False)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(signum, self.note_signal)
-        write_pidfile(self.config.pidfile)
-        try:
-            for port in self.config.ports:
-                self.spawn(port)
-            self.supervise()
-        finally:
-            remove_pidfile(self.config.pidfile)
+        for port in self.config.ports:
+            self.spawn(port)
+        self.supervise()
         return 0
 
     def bind(self, port):
@@ -1450,7 +1644,8 @@ class Master:
             for other, server in self.servers.items():
                 if other != port:
                     server.socket.close()
-            run_worker(self.config, self.servers[port])
+            drop_privileges(self.config.run_as)
+            run_worker(self.config, self.servers[port], self.dashboard)
         except BaseException:
             LOGGER.exception('Worker for port %d failed', port)
             code = 1
@@ -1535,10 +1730,105 @@ def describe_status(status):
     return 'exit status %d' % os.WEXITSTATUS(status)
 
 
+def dashboard_page(templates):
+    """The page at /: templates/dashboard.html if there is one.
+
+    Read once at start, before the workers fork, so the warning about a
+    missing template is logged once and not by every worker.
+    """
+    if templates is None:
+        return statelessd_stats.DASHBOARD
+    path = os.path.join(templates, DASHBOARD_TEMPLATE)
+    try:
+        with open(path, 'rb') as handle:
+            return handle.read()
+    except OSError as error:
+        LOGGER.warning('Application.paths.templates: cannot read %s (%s); '
+                       'serving the built-in dashboard', path,
+                       error.strerror)
+        return statelessd_stats.DASHBOARD
+
+
+def daemonize():
+    """Detach: fork, setsid, fork again.
+
+    The process that was started waits until the daemon reports that it
+    runs (see report_started), so whoever started it (an init script,
+    systemd Type=forking) finds the pid file written when it returns, and
+    exits 1 if the daemon does not get that far.  Until then the daemon
+    keeps the terminal's stdio, so errors while starting still reach it.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child:
+        os.close(write_end)
+        started = os.read(read_end, 1)
+        os.waitpid(child, 0)
+        os._exit(0 if started else 1)
+    os.close(read_end)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.chdir('/')
+    return write_end
+
+
+def report_started(pipe):
+    """Let the started process exit; stdio goes to /dev/null from now on."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    os.write(pipe, b'.')
+    os.close(pipe)
+
+
+def check_pidfile(path):
+    """Refuse to start while Daemon.pidfile names a running process."""
+    if not path:
+        return
+    try:
+        with open(path) as handle:
+            text = handle.read().strip()
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise ConfigError('Daemon.pidfile: cannot read %s: %s'
+                          % (path, error.strerror)) from None
+    if text.isdigit() and process_exists(int(text)):
+        raise AlreadyRunning('already running as pid %s (Daemon.pidfile %s);'
+                             ' stop it first' % (text, path))
+    LOGGER.warning('Replacing stale pid file %s (pid %s is not running)',
+                   path, text or 'missing')
+
+
+def process_exists(pid):
+    """True if pid runs, also as another user; our own pid is stale (a
+    container restart reuses pids)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_pidfile(path):
+    """Write the pid file whole or not at all: write, then rename."""
     if path:
-        with open(path, 'w') as handle:
-            handle.write('%d\n' % os.getpid())
+        partial = '%s.%d' % (path, os.getpid())
+        try:
+            with open(partial, 'w') as handle:
+                handle.write('%d\n' % os.getpid())
+            os.replace(partial, path)
+        except OSError as error:
+            raise ConfigError('Daemon.pidfile: cannot write %s: %s'
+                              % (path, error.strerror)) from None
 
 
 def remove_pidfile(path):
@@ -1552,12 +1842,30 @@ def remove_pidfile(path):
 
 # -- command line ----------------------------------------------------------------
 
-def prepare_spool(directory):
+def prepare_spool(directory, run_as):
+    """Check the spool directory as the user the workers will run as."""
     if directory:
         try:
-            statelessd_amqp.prepare_spool_directory(directory)
+            with worker_identity(run_as):
+                statelessd_amqp.prepare_spool_directory(directory)
         except ValueError as error:
             raise ConfigError('Application.spool: %s' % error) from None
+
+
+@contextlib.contextmanager
+def worker_identity(run_as):
+    """Act as Daemon.user for a moment, when the workers will drop to it."""
+    if run_as is None or os.geteuid() != 0:
+        yield
+        return
+    uid, gid = run_as
+    os.setegid(gid)
+    os.seteuid(uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
 
 
 def parse_args(argv):
@@ -1573,16 +1881,35 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def serve(config, foreground):
+    """Bind every port (errors still reach the terminal), detach unless
+    running in the foreground, then supervise the workers."""
+    check_pidfile(config.pidfile)
+    master = Master(config)
+    master.bind_ports()
+    started = None if foreground else daemonize()
+    write_pidfile(config.pidfile)
+    try:
+        if started is not None:
+            report_started(started)
+        return master.run()
+    finally:
+        remove_pidfile(config.pidfile)
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
         config = load_config(args.config)
         configure_logging(config.logging)
-        prepare_spool(config.spool)
-        return Master(config).run()
+        prepare_spool(config.spool, config.run_as)
+        return serve(config, args.foreground)
     except ConfigError as error:
         print('statelessd: configuration error: %s' % error, file=sys.stderr)
         return 2
+    except AlreadyRunning as error:
+        print('statelessd: %s' % error, file=sys.stderr)
+        return 1
 
 
 if __name__ == '__main__':

@@ -8,7 +8,6 @@ import base64
 import contextlib
 import http.client
 import json
-import os
 import secrets
 import shutil
 import signal

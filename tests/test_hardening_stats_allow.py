@@ -4,7 +4,7 @@ import pytest
 import hardening_support as support
 import statelessd
 
-FIGURES = ('/stats', '/')
+FIGURES = ('/stats', '/', '/stats/all', '/metrics')
 
 
 def test_loopback_may_read_the_figures_by_default():
@@ -34,6 +34,7 @@ def test_clients_outside_stats_allow_get_403():
             response = support.request(server.port, 'GET', path)
             status, document = support.assert_json_error(response, 403)
             assert '127.0.0.1' in document['reason']
+        assert support.request(server.port, 'GET', '/health').status == 200
         # X-Real-IP means nothing without xheaders.
         response = support.request(server.port, 'GET', '/stats',
                                    headers={'X-Real-IP': '10.0.0.1'})

@@ -14,8 +14,6 @@ import socket
 import threading
 import time
 
-import pytest
-
 import hardening_support as support
 
 #: Statuses hostile input may get: client errors, 501 for an unknown

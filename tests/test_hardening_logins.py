@@ -192,7 +192,7 @@ def test_no_password_in_logs_bodies_stats_or_process_titles(tmp_path):
             publish(ROTATED, 204)
             publish(PASSWORD, 401)
             publish(ROTATED, 204)
-            for path in ('/stats', '/'):
+            for path in ('/stats', '/', '/stats/all', '/metrics'):
                 seen.append(support.request(server.port, 'GET',
                                             path).body.decode('latin-1'))
             for pid in [server.process.pid] + server.worker_pids():

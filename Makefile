@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 CONFIG ?= statelessd.yaml
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 
-.PHONY: run test bench venv broker php nginx chromium pyz clean
+.PHONY: run test bench venv broker php nginx chromium tls-proxy pyz clean
 
 run: venv broker
 	$(PY) statelessd.py -c $(CONFIG) -f
 
-test: venv broker php nginx chromium
+test: venv broker php nginx chromium tls-proxy
 	$(PY) -m pytest tests
 
 # Throughput, latency and memory side by side with the alternatives; installs
@@ -55,6 +55,19 @@ php:
 	    apt-get update -q && $(APT_INSTALL) php-cli php-curl; \
 	  else \
 	    echo "the PHP client tests need php-cli and php-curl: apt-get install php-cli php-curl"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+# openssl and nginx's stream module, for the tests of TLS to the broker:
+# they make a CA and put a TLS listener in front of RabbitMQ.
+tls-proxy:
+	@if ! command -v openssl >/dev/null 2>&1 || ! PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null 2>&1 \
+	    || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && $(APT_INSTALL) openssl nginx libnginx-mod-stream; \
+	  else \
+	    echo "the TLS tests need openssl, nginx and its stream module: apt-get install openssl nginx libnginx-mod-stream"; \
 	    exit 1; \
 	  fi; \
 	fi

@@ -6,7 +6,7 @@ lives in statelessd_amqp, counting in statelessd_stats.
 """
 import argparse
 import base64
-import binascii
+import collections
 import concurrent.futures
 import contextlib
 import decimal
@@ -18,6 +18,7 @@ import grp
 import http
 import http.client
 import http.server
+import ipaddress
 import json
 import logging
 import logging.config
@@ -27,6 +28,7 @@ import pwd
 import select
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -57,6 +59,11 @@ SHORT_STRING = 255
 SHORT_STRING_FIELDS = ('app_id', 'content_encoding', 'content_type',
                        'correlation_id', 'message_id', 'reply_to', 'type',
                        'user_id')
+#: Who may read the statistics by default: this host and private networks.
+STATS_ALLOW = ['127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12',
+               '192.168.0.0/16', 'fc00::/7']
+#: Proxies whose X-Real-IP is believed by default (with xheaders on).
+TRUSTED_PROXIES = ['127.0.0.0/8', '::1/128']
 FIELD_ALIASES = {'expire': 'expiration'}
 TRUE_WORDS = ('1', 'true', 'yes', 'on')
 FALSE_WORDS = ('0', 'false', 'no', 'off', '')
@@ -120,7 +127,8 @@ class Config:
                                     'Application.paths.')
         # Application.rabbitmq: the broker, and how long to wait for it.
         prefix = 'Application.rabbitmq.'
-        self.broker_hosts = broker_hosts(rabbitmq)
+        self.tls = broker_tls(rabbitmq)
+        self.broker_hosts = broker_hosts(rabbitmq, 5671 if self.tls else 5672)
         self.heartbeat = integer(rabbitmq, 'heartbeat', 60, prefix, 0)
         self.connect_timeout = number(rabbitmq, 'connect_timeout', 5.0,
                                       prefix)
@@ -134,6 +142,14 @@ class Config:
         # confirm: wait for the broker's ack before answering (?confirm=0
         # opts out per request).
         self.confirm = boolean(rabbitmq, 'confirm', False, prefix)
+        # max_publishers: vhost/user pairs a worker keeps a connection and a
+        # thread for; a request for one more is answered 503.
+        self.max_publishers = integer(rabbitmq, 'max_publishers', 100,
+                                      prefix, 1)
+        # login_failure_ttl: seconds a vhost/user/password RabbitMQ refused
+        # is refused again from memory, without a new broker connection.
+        self.login_failure_ttl = number(rabbitmq, 'login_failure_ttl', 5.0,
+                                        prefix)
         # Application.spool: a directory where accepted messages wait for
         # their confirm, so that a killed worker's successor replays them.
         # With Daemon.user set, that user must be able to create and own it.
@@ -150,8 +166,38 @@ class Config:
         self.xheaders = boolean(server, 'xheaders', False, 'HTTPServer.')
         self.max_body_size = integer(server, 'max_body_size', 10485760,
                                      'HTTPServer.', 0)
+        # socket_timeout: how long a connection may sit idle between
+        # requests, and the longest wait for any single read or write.
         self.socket_timeout = number(server, 'socket_timeout', 75.0,
                                      'HTTPServer.')
+        # request_timeout: a request that has started must arrive in full
+        # (request line, headers, body) within this many seconds, however
+        # slowly its bytes trickle in; else 408 and the connection closes.
+        self.request_timeout = number(server, 'request_timeout', 60.0,
+                                      'HTTPServer.')
+        # max_header_size, max_header_count: the request headers (not the
+        # request line) in bytes and lines; beyond either, 431.  The
+        # standard library's parser never takes more than 100 lines.
+        self.max_header_size = integer(server, 'max_header_size', 32768,
+                                       'HTTPServer.', 256)
+        self.max_header_count = integer(server, 'max_header_count', 100,
+                                        'HTTPServer.', 1)
+        if self.max_header_count > 100:
+            raise ConfigError('HTTPServer.max_header_count: %d is more than '
+                              'the 100 header lines statelessd can parse'
+                              % self.max_header_count)
+        # max_connections: connections one worker serves at once, each in a
+        # thread; one more is answered 503 at once and closed.
+        self.max_connections = integer(server, 'max_connections', 500,
+                                       'HTTPServer.', 1)
+        # stats_allow: networks that may read /, /stats and the like; others
+        # get 403.  By default loopback and private networks: the figures
+        # name every vhost/user publishing through the worker.
+        self.stats_allow = networks(server, 'stats_allow', STATS_ALLOW)
+        # trusted_proxies: with xheaders on, the X-Real-IP of a request from
+        # one of these addresses is taken as the client for stats_allow.
+        self.trusted_proxies = networks(server, 'trusted_proxies',
+                                        TRUSTED_PROXIES)
 
         check_routes(document.get('Routes'))
         self.logging = logging_config(document.get('Logging'), self.debug)
@@ -162,7 +208,9 @@ class Config:
             connect_timeout=self.connect_timeout,
             max_queue_size=self.max_queue_size,
             confirm_timeout=self.confirm_timeout,
-            idle_timeout=self.idle_timeout, port=port)
+            idle_timeout=self.idle_timeout, port=port,
+            max_publishers=self.max_publishers,
+            login_failure_ttl=self.login_failure_ttl, tls=self.tls)
 
 
 def load_config(path):
@@ -285,9 +333,25 @@ def ports(server):
     return result
 
 
-def broker_hosts(rabbitmq):
-    """Application.rabbitmq.host: one host or a list of host[:port] nodes."""
-    default_port = port_number(rabbitmq.get('port', 5672),
+def networks(server, name, default):
+    """A list of CIDR networks (a bare address is a network of one)."""
+    value = server.get(name, default)
+    key = 'HTTPServer.' + name
+    if not isinstance(value, list):
+        raise ConfigError('%s: must be a list of networks' % key)
+    result = []
+    for index, entry in enumerate(value):
+        try:
+            result.append(ipaddress.ip_network(str(entry)))
+        except ValueError as error:
+            raise ConfigError('%s[%d]: %s' % (key, index, error)) from None
+    return result
+
+
+def broker_hosts(rabbitmq, default_port):
+    """Application.rabbitmq.host: one host or a list of host[:port] nodes;
+    port defaults to 5672, or 5671 with TLS."""
+    default_port = port_number(rabbitmq.get('port', default_port),
                                'Application.rabbitmq.port')
     value = rabbitmq.get('host', 'localhost')
     names = value if isinstance(value, list) else [value]
@@ -306,6 +370,50 @@ def broker_hosts(rabbitmq):
         else:
             hosts.append((name.strip('[]'), default_port))
     return hosts
+
+
+TLS_KEYS = ('enabled', 'ca_file', 'cert_file', 'key_file', 'verify',
+            'server_hostname')
+
+
+def broker_tls(rabbitmq):
+    """Application.rabbitmq.tls: amqps to the broker, or None.
+
+    enabled (false) turns TLS on; ca_file is the CA bundle the broker's
+    certificate must chain to (default: the system's); cert_file and
+    key_file a client certificate, for brokers that ask for one; verify
+    (true) checks the chain and the host name, false only encrypts;
+    server_hostname is the name to check and send as SNI when it is not
+    the configured host.  Unknown keys are errors: a misspelt "enabled"
+    must not quietly leave the connection in plain text.
+    """
+    prefix = 'Application.rabbitmq.tls.'
+    tls = section(rabbitmq, 'tls', 'Application.rabbitmq.')
+    unknown = sorted(set(tls) - set(TLS_KEYS))
+    if unknown:
+        raise ConfigError('%s%s: unknown setting (known: %s)'
+                          % (prefix, unknown[0], ', '.join(TLS_KEYS)))
+    if not boolean(tls, 'enabled', False, prefix):
+        return None
+    ca_file = optional_string(tls, 'ca_file', prefix)
+    cert_file = optional_string(tls, 'cert_file', prefix)
+    key_file = optional_string(tls, 'key_file', prefix)
+    if key_file and not cert_file:
+        raise ConfigError(prefix + 'key_file: needs cert_file')
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError('%sca_file: %s' % (prefix, error)) from None
+    if cert_file:
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError('%scert_file: %s' % (prefix, error)) from None
+    if not boolean(tls, 'verify', True, prefix):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return statelessd_amqp.TLS(
+        context, optional_string(tls, 'server_hostname', prefix))
 
 
 def check_routes(routes):
@@ -369,27 +477,48 @@ def configure_logging(mapping):
 # -- request parsing -----------------------------------------------------------
 
 def decode_segment(segment, what):
+    """Percent-decode a path segment as UTF-8.
+
+    The request line arrives as latin-1 text, one character per byte, so
+    raw UTF-8 in a path decodes as well as percent-encoded UTF-8 does.
+    """
     try:
-        return urllib.parse.unquote_to_bytes(segment).decode('utf-8')
+        raw = segment.encode('latin-1')
+    except UnicodeEncodeError:
+        raise HTTPError(400, 'the %s in the path is not valid UTF-8'
+                        % what) from None
+    try:
+        return urllib.parse.unquote_to_bytes(raw).decode('utf-8')
     except UnicodeDecodeError:
         raise HTTPError(400, 'the %s in the path is not valid UTF-8'
                         % what) from None
 
 
 def publish_target(path):
-    """(vhost, exchange, routing_key) of a publish path, or None."""
+    """(vhost, exchange, routing_key) of a publish path, or None.
+
+    Names are AMQP short strings; a vhost or exchange name with control
+    characters names nothing RabbitMQ has and would only garble logs.
+    """
     segments = path.split('/')
     if len(segments) != 4 or segments[0] or not segments[1]:
         return None
     vhost = decode_segment(segments[1], 'vhost')
     exchange = decode_segment(segments[2], 'exchange')
     routing_key = decode_segment(segments[3], 'routing key')
-    for name, value in (('exchange', exchange), ('routing key', routing_key),
-                        ('vhost', vhost)):
+    for name, value in (('vhost', vhost), ('exchange', exchange),
+                        ('routing key', routing_key)):
         if len(value.encode('utf-8')) > SHORT_STRING:
             raise HTTPError(400, 'the %s is longer than %d bytes'
                             % (name, SHORT_STRING))
+    for name, value in (('vhost', vhost), ('exchange', exchange)):
+        if has_control_characters(value):
+            raise HTTPError(400, 'the %s contains control characters' % name)
     return vhost, exchange, routing_key
+
+
+def has_control_characters(value):
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value)
 
 
 def basic_credentials(header):
@@ -400,12 +529,18 @@ def basic_credentials(header):
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True)
         user, colon, password = decoded.decode('utf-8').partition(':')
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:
+        # binascii.Error, UnicodeDecodeError, and the ValueError of
+        # non-ASCII text in the header all mean the same thing here.
         raise unauthorized('the Basic credentials are not valid base64 of '
                            'UTF-8 user:password') from None
     if not colon or not user:
         raise unauthorized('the Basic credentials need a user and a '
                            'password separated by a colon')
+    if has_control_characters(user) or '\0' in password:
+        # AMQP PLAIN separates user and password with NUL bytes.
+        raise unauthorized('the Basic credentials contain control '
+                           'characters')
     return user, password
 
 
@@ -436,9 +571,11 @@ def form_fields(content_type, body):
         return urlencoded_fields(body)
     if kind == 'multipart/form-data':
         boundary = header.get_param('boundary')
-        if not boundary or not isinstance(boundary, str):
-            raise HTTPError(400, 'the multipart Content-Type has no boundary')
-        return multipart_fields(body, boundary.encode('latin-1'))
+        if not boundary or not isinstance(boundary, str) \
+                or len(boundary) > 200 or not boundary.isascii():
+            raise HTTPError(400, 'the multipart Content-Type has no usable '
+                            'boundary')
+        return multipart_fields(body, boundary.encode('ascii'))
     raise HTTPError(415, 'Content-Type %s is not supported: send '
                     'application/x-www-form-urlencoded or '
                     'multipart/form-data' % kind)
@@ -450,8 +587,15 @@ def urlencoded_fields(body):
     pairs = urllib.parse.parse_qsl(body.decode('latin-1'),
                                    keep_blank_values=True,
                                    encoding='latin-1')
-    return [(name.encode('latin-1').decode('utf-8', 'replace'),
-             value.encode('latin-1')) for name, value in pairs]
+    return [(field_name(name.encode('latin-1')), value.encode('latin-1'))
+            for name, value in pairs]
+
+
+def field_name(raw):
+    try:
+        return raw.decode('utf-8')
+    except UnicodeDecodeError:
+        raise HTTPError(400, 'a field name is not valid UTF-8') from None
 
 
 def multipart_fields(body, boundary):
@@ -488,12 +632,22 @@ def multipart_fields(body, boundary):
 
 
 def part_name(head):
-    headers = email.parser.BytesHeaderParser().parsebytes(head + b'\r\n\r\n')
+    """The part's field name.
+
+    Browsers send names as raw UTF-8.  The head is parsed as latin-1, one
+    character per byte (the email parser would turn non-ASCII bytes into
+    replacement characters), and the name decoded from those bytes; an
+    RFC 2231 name comes decoded already.
+    """
+    headers = email.parser.HeaderParser().parsestr(
+        head.decode('latin-1') + '\r\n\r\n')
     name = headers.get_param('name', header='content-disposition')
     if not name:
         raise HTTPError(400, 'a multipart part has no Content-Disposition '
                         'name')
-    return email.utils.collapse_rfc2231_value(name)
+    if isinstance(name, tuple):
+        return email.utils.collapse_rfc2231_value(name)
+    return field_name(name.encode('latin-1'))
 
 
 def message_fields(pairs):
@@ -525,21 +679,49 @@ def bad_field(field, problem):
 
 def whole_number(fields, field, low, high):
     value = text(fields[field], field).strip()
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not is_digits(value) or not low <= int(value) <= high:
         raise bad_field(field, 'must be a whole number from %d to %d, not %r'
                         % (low, high, value[:40]))
     return int(value)
 
 
+def is_digits(value):
+    """ASCII digits only: str.isdigit() also passes "²", which int() refuses."""
+    return value.isascii() and value.isdigit()
+
+
 def json_headers(value):
+    """The headers field: a JSON object whose strings are valid Unicode
+    (JSON escapes can spell unpaired surrogates) and whose decimals AMQP
+    can carry."""
     try:
         headers = json.loads(text(value, 'headers'),
-                             parse_float=decimal.Decimal)
+                             parse_float=header_decimal)
+        json.dumps(headers, ensure_ascii=False, default=str).encode('utf-8')
+    except RecursionError:
+        raise bad_field('headers', 'is nested too deeply') from None
+    except UnicodeEncodeError:
+        raise bad_field('headers', 'contains an unpaired surrogate') from None
     except ValueError as error:
         raise bad_field('headers', 'is not valid JSON: %s' % error) from None
     if not isinstance(headers, dict):
         raise bad_field('headers', 'must be a JSON object')
     return headers
+
+
+def header_decimal(literal):
+    """A JSON number with a fraction or exponent, as an AMQP decimal.
+
+    AMQP decimals have nine digits and a scale of at most 255.  Long
+    literals and wild exponents are refused here, before arithmetic on
+    them could cost time or overflow; what is merely out of range is
+    refused when the properties are encoded.
+    """
+    number = decimal.Decimal(literal)
+    if len(literal) > 40 or not -1000 < number.as_tuple().exponent < 1000:
+        raise ValueError('the number %s is beyond an AMQP decimal'
+                         % literal[:40])
+    return number
 
 
 def message_properties(fields, bracket_headers, user):
@@ -577,6 +759,16 @@ def message_properties(fields, bracket_headers, user):
     return properties
 
 
+def amqp_properties(properties):
+    """BasicProperties for validated properties, or a 400 when AMQP cannot
+    carry them (a decimal out of range, headers nested too deeply...)."""
+    try:
+        return statelessd_amqp.basic_properties(properties)
+    except (ValueError, ArithmeticError, RecursionError) as error:
+        raise bad_field('headers', 'cannot be sent over AMQP: %s'
+                        % (str(error) or type(error).__name__)) from None
+
+
 # -- HTTP ------------------------------------------------------------------------
 
 ERROR_STATUS = {
@@ -587,6 +779,7 @@ ERROR_STATUS = {
     statelessd_amqp.Unroutable: 422,
     statelessd_amqp.BrokerUnavailable: 503,
     statelessd_amqp.QueueFull: 503,
+    statelessd_amqp.TooManyPublishers: 503,
     statelessd_amqp.Nacked: 503,
     statelessd_amqp.ConfirmTimeout: 504,
 }
@@ -618,6 +811,9 @@ class Worker:
         self.requests = statelessd_stats.RequestCounters()
         self.in_flight = 0
         self.in_flight_lock = threading.Lock()
+        self.connection_slots = threading.BoundedSemaphore(
+            config.max_connections)
+        self.watchdog = Watchdog()
 
     def start(self):
         """Replay what a predecessor on this port left in the spool."""
@@ -719,9 +915,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
     PAGES = {'/': 'send_dashboard', '/stats': 'send_stats',
              '/stats/all': 'send_all_stats', '/metrics': 'send_metrics',
              '/health': 'send_health'}
+    #: The pages HTTPServer.stats_allow guards: they name every vhost/user
+    #: publishing through the worker.  /health says only up or down.
+    STATS_PAGES = ('/', '/stats', '/stats/all', '/metrics')
 
     server_version = 'statelessd/' + __version__
     protocol_version = 'HTTP/1.1'
+    # The stdlib's default, HTTP/0.9, would answer an unparseable request
+    # line with a bare body, no status line.
+    default_request_version = 'HTTP/1.0'
     error_content_type = 'application/json'
 
     @property
@@ -731,15 +933,57 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def setup(self):
         self.timeout = self.worker.config.socket_timeout
         super().setup()
+        self.watch = None
+        self.linger = False
 
-    def parse_request(self):
+    def handle_one_request(self):
+        """Wait up to socket_timeout for a request to begin, then give it
+        request_timeout to arrive in full."""
         self.started = time.monotonic()
         self.status = None
-        if not super().parse_request():
+        try:
+            begun = self.rfile.peek(1)
+        except OSError:
+            begun = b''
+        if not begun:
+            self.close_connection = True
+            return
+        self.started = time.monotonic()
+        self.watch = self.worker.watchdog.watch(
+            self.connection, self.worker.config.request_timeout)
+        try:
+            super().handle_one_request()
+        finally:
+            self.watch.cancel()
+
+    def parse_request(self):
+        """The stdlib's parsing, with the header lines read through a
+        HeadReader that enforces the header limits."""
+        rfile = self.rfile
+        self.rfile = reader = HeadReader(rfile,
+                                         self.worker.config.max_header_size,
+                                         self.worker.config.max_header_count)
+        try:
+            if not super().parse_request():
+                return False
+        finally:
+            self.rfile = rfile
+        if reader.truncated:
+            self.send_error(400, 'the request headers are truncated')
             return False
         if not self.worker.config.keep_alive:
             self.close_connection = True
         return True
+
+    def handle_expect_100(self):
+        """Refuse an oversized body before the client sends it."""
+        try:
+            self.body_length()
+        except HTTPError as error:
+            self.send_json_error(error)
+            self.record(self.command, error.status)
+            return False
+        return super().handle_expect_100()
 
     def do_GET(self):
         self.dispatch('GET')
@@ -771,6 +1015,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.route(method)
         except HTTPError as error:
             self.send_json_error(error)
+        except (ConnectionError, TimeoutError) as error:
+            LOGGER.debug('%s went away: %r', self.address_string(), error)
+            self.close_connection = True
+            return
         except Exception:
             LOGGER.exception('Unexpected error handling %s %s', method,
                              self.path.split('?')[0])
@@ -779,7 +1027,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         finally:
             with self.worker.in_flight_lock:
                 self.worker.in_flight -= 1
-        self.worker.requests.record(method, self.status or 500,
+        self.record(method, self.status or 500)
+
+    def record(self, method, status):
+        self.worker.requests.record(method or 'UNKNOWN', status,
                                     time.monotonic() - self.started)
 
     def route(self, method):
@@ -788,6 +1039,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if method not in ('GET', 'HEAD'):
                 raise HTTPError(405, '%s accepts GET' % path,
                                 {'Allow': 'GET, HEAD'})
+            if path in self.STATS_PAGES:
+                self.check_stats_access()
+            self.refuse_body()
             getattr(self, self.PAGES[path])()
             return
         if method in ('GET', 'HEAD') and path.startswith('/static/') \
@@ -855,12 +1109,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         mandatory = query_flag(query, 'mandatory', False)
         fields, headers = message_fields(form_fields(content_type,
                                                      self.read_body()))
-        properties = message_properties(fields, headers, user)
-        try:
-            basic_properties = statelessd_amqp.basic_properties(properties)
-        except ValueError as error:
-            raise bad_field('headers', 'cannot be sent over AMQP: %s'
-                            % error) from None
+        basic_properties = amqp_properties(
+            message_properties(fields, headers, user))
         message = statelessd_amqp.Message(exchange, routing_key,
                                           fields.get('body', b''),
                                           basic_properties, mandatory)
@@ -887,31 +1137,67 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if message.error is not None:
             raise message.error
 
-    def read_body(self):
-        """The request body, within HTTPServer.max_body_size."""
-        limit = self.worker.config.max_body_size
-        if 'chunked' in self.headers.get('Transfer-Encoding', '').lower():
-            return self.read_chunked(limit)
-        length = self.headers.get('Content-Length', '0').strip()
-        if not length.isdigit():
+    def body_length(self):
+        """The Content-Length, None for a chunked body; 400 or 413 (before
+        any of the body is read) when it cannot be taken."""
+        coding = self.headers.get('Transfer-Encoding')
+        if coding is not None:
+            if coding.strip().lower() != 'chunked':
+                raise HTTPError(400, 'Transfer-Encoding %r is not supported: '
+                                'send chunked or a Content-Length'
+                                % coding[:40])
+            return None
+        lengths = set(value.strip() for value in
+                      self.headers.get_all('Content-Length', ['0']))
+        if len(lengths) != 1:
+            raise HTTPError(400, 'the request has conflicting '
+                            'Content-Length headers')
+        length = lengths.pop()
+        if not is_digits(length):
             raise HTTPError(400, 'Content-Length %r is not a number'
                             % length[:20])
         length = int(length)
+        limit = self.worker.config.max_body_size
         if length > limit:
             raise HTTPError(413, 'the body of %d bytes exceeds the limit of '
                             '%d bytes' % (length, limit))
-        body = self.rfile.read(length)
-        if len(body) != length:
-            raise HTTPError(400, 'the body ended after %d of %d bytes'
-                            % (len(body), length))
+        return length
+
+    def refuse_body(self):
+        """Requests that take no body close their connection if they came
+        with one, rather than leave it to be read as the next request."""
+        if 'Transfer-Encoding' in self.headers or \
+                self.headers.get('Content-Length', '0').strip() != '0':
+            self.close_connection = True
+
+    def read_body(self):
+        """The request body, within HTTPServer.max_body_size and
+        request_timeout."""
+        length = self.body_length()
+        try:
+            if length is None:
+                body = self.read_chunked(self.worker.config.max_body_size)
+            else:
+                body = self.rfile.read(length)
+                if len(body) != length:
+                    raise self.incomplete('the body ended after %d of %d '
+                                          'bytes' % (len(body), length))
+        except TimeoutError:
+            raise self.incomplete('the body stopped arriving') from None
+        self.watch.cancel()
         return body
 
     def read_chunked(self, limit):
         chunks, size = [], 0
         while True:
-            line = self.rfile.readline(1024).split(b';')[0].strip()
+            line = self.rfile.readline(1024)
+            if not line.endswith(b'\n'):
+                raise self.incomplete('a chunk size line is truncated')
+            digits = line.split(b';')[0].strip()
+            if not (0 < len(digits) <= 16 and digits.isalnum()):
+                raise HTTPError(400, 'a chunk size is malformed')
             try:
-                length = int(line, 16)
+                length = int(digits, 16)
             except ValueError:
                 raise HTTPError(400, 'a chunk size is malformed') from None
             size += length
@@ -919,11 +1205,33 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raise HTTPError(413, 'the body exceeds the limit of %d bytes'
                                 % limit)
             if not length:
-                while self.rfile.readline(1024) not in (b'\r\n', b'\n', b''):
-                    pass
+                self.skip_trailers()
                 return b''.join(chunks)
-            chunks.append(self.rfile.read(length))
-            self.rfile.readline(1024)
+            chunk = self.rfile.read(length)
+            if len(chunk) != length or \
+                    self.rfile.readline(3) not in (b'\r\n', b'\n'):
+                raise self.incomplete('a chunk is truncated')
+            chunks.append(chunk)
+
+    def skip_trailers(self):
+        size = 0
+        while True:
+            line = self.rfile.readline(1024)
+            size += len(line)
+            if line in (b'\r\n', b'\n'):
+                return
+            if not line.endswith(b'\n'):
+                raise self.incomplete('the chunked body is truncated')
+            if size > self.worker.config.max_header_size:
+                raise HTTPError(431, 'the trailers exceed %d bytes'
+                                % self.worker.config.max_header_size)
+
+    def incomplete(self, reason):
+        """408 when request_timeout cut the request short, else 400."""
+        if self.watch is not None and self.watch.expired:
+            return HTTPError(408, 'the request did not arrive in full within '
+                             '%ss' % self.worker.config.request_timeout)
+        return HTTPError(400, reason)
 
     def send_body(self, status, content_type=None, body=b'', headers=None):
         self.status = status
@@ -940,21 +1248,61 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def send_json_error(self, error):
-        """Errors are short JSON; unread request bodies close the connection."""
+        """Errors are short JSON.  A request answered before its body was
+        read closes its connection, and lingers so the client reads the
+        answer rather than a reset."""
         if error.status < 500 or error.status == 501:
             self.close_connection = True
+            self.linger = True
         body = json.dumps({'error': http.HTTPStatus(error.status).phrase,
-                           'reason': error.reason}).encode()
+                           'reason': error.reason[:300]}).encode()
         self.send_body(error.status, 'application/json', body, error.headers)
 
     def send_error(self, code, message=None, explain=None):
-        """Answer errors the stdlib detects (bad request line...) as JSON."""
+        """Answer errors the stdlib detects (bad request line, header
+        limits, unknown method...) as JSON, or 408 when request_timeout
+        cut the request short."""
         self.close_connection = True
-        self.send_json_error(HTTPError(code, explain or message or
-                                       http.HTTPStatus(code).phrase))
-        if getattr(self, 'started', None) is not None:
-            self.worker.requests.record(self.command or 'UNKNOWN', code,
-                                        time.monotonic() - self.started)
+        error = self.incomplete(explain or message or
+                                http.HTTPStatus(code).phrase)
+        if error.status != 408:
+            error.status = code
+        try:
+            self.send_json_error(error)
+        except OSError as failure:
+            LOGGER.debug('%s went away: %r', self.address_string(), failure)
+        self.record(self.command, error.status)
+
+    def finish(self):
+        super().finish()
+        if self.linger:
+            self.worker.watchdog.linger(self.connection)
+
+    def check_stats_access(self):
+        """HTTPServer.stats_allow decides who may read the figures."""
+        address = self.access_address()
+        if not any(address in network
+                   for network in self.worker.config.stats_allow):
+            raise HTTPError(403, 'statistics are not served to %s' % address)
+
+    def access_address(self):
+        """The client's address for access checks.
+
+        X-Real-IP counts only with xheaders on and only from a trusted
+        proxy, which must set it: any client can send the header, and
+        X-Forwarded-For's first entry is whatever the client put there.
+        """
+        address = ip_address(self.client_address[0])
+        real = self.headers.get('X-Real-IP')
+        if real is not None and self.worker.config.xheaders and any(
+                address in network
+                for network in self.worker.config.trusted_proxies):
+            try:
+                return ip_address(real.strip())
+            except ValueError:
+                raise HTTPError(403, 'X-Real-IP %r is not an IP address'
+                                % real[:60]) from None
+        return address
 
     def address_string(self):
         if self.worker.config.xheaders:
@@ -970,8 +1318,166 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def log_request(self, code='-', size='-'):
         LOGGER.info('%s "%s" %s %.1fms', self.address_string(),
-                    self.requestline, code,
+                    printable(self.requestline[:1000]), code,
                     (time.monotonic() - self.started) * 1000)
+
+
+def printable(line):
+    """A client's text for a log line, control characters escaped."""
+    return ''.join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+
+
+def ip_address(text):
+    """An address, with IPv4-mapped IPv6 addresses (of a dual-stack
+    socket) as the IPv4 addresses they are."""
+    address = ipaddress.ip_address(text)
+    if address.version == 6 and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+class HeadReader:
+    """The request's reader while http.client parses its header lines.
+
+    http.client allows 100 lines of 64 KiB each; this allows
+    HTTPServer.max_header_count lines and max_header_size bytes in all.
+    Its HTTPException becomes the stdlib's 431 answer.
+    """
+
+    def __init__(self, rfile, max_size, max_count):
+        self.rfile = rfile
+        self.max_size = max_size
+        self.max_count = max_count
+        self.size = 0
+        self.count = 0
+        self.truncated = False
+
+    def readline(self, limit=-1):
+        """A header line; at the end of the input before the blank line,
+        an empty one that ends the headers, and the request is refused."""
+        room = self.max_size - self.size + 1
+        wanted = room if limit < 0 else min(limit, room)
+        line = self.rfile.readline(wanted)
+        if not line.endswith(b'\n') and len(line) < wanted:
+            self.truncated = True
+            return b''
+        self.size += len(line)
+        if self.size > self.max_size:
+            raise http.client.HTTPException(
+                'the request headers exceed %d bytes' % self.max_size)
+        if line not in (b'\r\n', b'\n', b''):
+            self.count += 1
+            if self.count > self.max_count:
+                raise http.client.HTTPException(
+                    'the request has more than %d header lines'
+                    % self.max_count)
+        return line
+
+
+class Watch:
+    """A request's deadline, kept by the Watchdog."""
+
+    __slots__ = ('sock', 'deadline', 'expired', 'watchdog')
+
+    def __init__(self, watchdog, sock, deadline):
+        self.watchdog = watchdog
+        self.sock = sock
+        self.deadline = deadline
+        self.expired = False
+
+    def cancel(self):
+        self.watchdog.cancel(self)
+
+
+class Watchdog(threading.Thread):
+    """Cuts off requests that overrun HTTPServer.request_timeout, and closes
+    connections that were answered before their request was read.
+
+    A per-read socket timeout cannot stop a client that sends a byte just
+    before each timeout (slowloris); a deadline per request can.  Shutting
+    down a socket's read side wakes the thread blocked on it with an end of
+    file, and the request ends as a 408.
+
+    Closing a socket with unread input makes the kernel reset the
+    connection, and a client still sending its request may lose the answer
+    to it.  So such sockets linger here for up to LINGER seconds, their
+    input read and dropped, until the client closes.
+    """
+
+    TICK = 0.2
+    LINGER = 2.0
+    MAX_LINGERING = 1024
+
+    def __init__(self):
+        super().__init__(name='watchdog', daemon=True)
+        self._lock = threading.Lock()
+        self._watches = set()
+        self._lingering = collections.deque()
+
+    def watch(self, sock, timeout):
+        watch = Watch(self, sock, time.monotonic() + timeout)
+        with self._lock:
+            self._watches.add(watch)
+        return watch
+
+    def cancel(self, watch):
+        """After this returns, the watchdog no longer touches the socket."""
+        with self._lock:
+            self._watches.discard(watch)
+
+    def linger(self, sock):
+        """Keep a duplicate of the socket open after the handler closes it."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            copy = sock.dup()
+            copy.setblocking(False)
+        except OSError:
+            return
+        with self._lock:
+            self._lingering.append((copy, time.monotonic() + self.LINGER))
+            while len(self._lingering) > self.MAX_LINGERING:
+                self._lingering.popleft()[0].close()
+
+    def run(self):
+        while True:
+            time.sleep(self.TICK)
+            self._expire(time.monotonic())
+            self._drain(time.monotonic())
+
+    def _expire(self, now):
+        with self._lock:
+            for watch in [w for w in self._watches if w.deadline <= now]:
+                self._watches.discard(watch)
+                watch.expired = True
+                try:
+                    watch.sock.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
+
+    def _drain(self, now):
+        with self._lock:
+            lingering, self._lingering = self._lingering, collections.deque()
+        keep = []
+        for sock, until in lingering:
+            if until > now and drain(sock):
+                keep.append((sock, until))
+            else:
+                sock.close()
+        with self._lock:
+            self._lingering.extendleft(reversed(keep))
+
+
+def drain(sock):
+    """Read and drop what a lingering socket holds; False once it is done."""
+    for _ in range(64):
+        try:
+            if not sock.recv(65536):
+                return False
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+    return True
 
 
 class Server(http.server.ThreadingHTTPServer):
@@ -985,6 +1491,56 @@ class Server(http.server.ThreadingHTTPServer):
                                else socket.AF_INET)
         super().__init__((address, port), Handler)
         self.worker = None
+
+    def process_request(self, request, client_address):
+        """Serve the connection in a thread of its own, or, when
+        HTTPServer.max_connections are being served, answer 503 at once."""
+        if not self.worker.connection_slots.acquire(blocking=False):
+            self.refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.worker.connection_slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.worker.connection_slots.release()
+
+    def refuse(self, request):
+        self.worker.requests.record('UNKNOWN', 503, 0.0)
+        try:
+            request.setblocking(False)
+            request.send(BUSY)
+        except OSError:
+            pass
+        self.worker.watchdog.linger(request)
+        request.close()
+
+    def handle_error(self, request, client_address):
+        """Log what escaped a handler; the stdlib prints it to stderr."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            LOGGER.debug('%s went away: %r', client_address[0], error)
+        else:
+            LOGGER.exception('Unexpected error serving %s', client_address[0])
+
+
+def busy_response():
+    """The 503 for a connection beyond HTTPServer.max_connections."""
+    body = json.dumps({'error': 'Service Unavailable',
+                       'reason': 'this worker is serving as many connections '
+                                 'as it may; retry later'}).encode()
+    return (b'HTTP/1.1 503 Service Unavailable\r\n'
+            b'Content-Type: application/json\r\n'
+            b'Content-Length: %d\r\nRetry-After: %d\r\n'
+            b'Connection: close\r\n\r\n' % (len(body), RETRY_AFTER)) + body
+
+
+BUSY = busy_response()
 
 
 # -- processes -------------------------------------------------------------------
@@ -1000,6 +1556,7 @@ def run_worker(config, server, dashboard):
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    worker.watchdog.start()
     worker.start()
     LOGGER.info('Worker %d serving port %d', os.getpid(), worker.port)
     server.serve_forever()

@@ -41,6 +41,10 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 #: How often a message parked for a missing exchange is tried again.
 PARK_RETRY = 2.0
+#: Encoded properties travel in one frame.  Beyond RabbitMQ's frame_max
+#: (128 KiB by default) the broker closes the connection, and every
+#: reconnect would send the same message again; half of it is safe.
+MAX_PROPERTIES_SIZE = 65536
 
 
 class PublishError(Exception):
@@ -87,12 +91,26 @@ class ConfirmTimeout(PublishError):
     """No confirm arrived within the confirm timeout."""
 
 
+class TooManyPublishers(PublishError):
+    """The worker already publishes for as many vhost/user pairs as allowed."""
+
+
+class TLS:
+    """How to wrap broker connections: an ssl.SSLContext, and the name to
+    verify and send as SNI (None: the host connected to)."""
+
+    def __init__(self, context, server_hostname=None):
+        self.context = context
+        self.server_hostname = server_hostname
+
+
 class Settings:
     """What a publisher needs to know about the broker and its limits."""
 
     def __init__(self, hosts, heartbeat=60, connect_timeout=5.0,
-                 max_queue_size=10000, confirm_timeout=10.0, idle_timeout=3600.0,
-                 port=0):
+                 max_queue_size=10000, confirm_timeout=10.0,
+                 idle_timeout=3600.0, port=0, max_publishers=100,
+                 login_failure_ttl=5.0, tls=None):
         self.hosts = list(hosts)
         self.heartbeat = heartbeat
         self.connect_timeout = connect_timeout
@@ -100,6 +118,9 @@ class Settings:
         self.confirm_timeout = confirm_timeout
         self.idle_timeout = idle_timeout
         self.port = port
+        self.max_publishers = max_publishers
+        self.login_failure_ttl = login_failure_ttl
+        self.tls = tls
 
 
 class Message:
@@ -141,13 +162,17 @@ class Message:
 
 def basic_properties(mapping):
     """BasicProperties for a validated mapping; ValueError if AMQP can't
-    carry it (a header number out of range, say)."""
+    carry it (a header number out of range, a nested name too long, or
+    more than MAX_PROPERTIES_SIZE bytes in all)."""
     properties = pika.BasicProperties(**mapping)
     try:
-        properties.encode()
+        size = sum(len(piece) for piece in properties.encode())
     except (struct.error, OverflowError, TypeError, ValueError,
-            pika.exceptions.UnsupportedAMQPFieldException) as error:
+            pika.exceptions.AMQPError) as error:
         raise ValueError(str(error) or type(error).__name__) from None
+    if size > MAX_PROPERTIES_SIZE:
+        raise ValueError('the properties take %d bytes, more than the %d '
+                         'allowed' % (size, MAX_PROPERTIES_SIZE))
     return properties
 
 
@@ -156,9 +181,14 @@ def password_digest(salt, password):
 
 
 def connection_parameters(settings, host, port, vhost, user, password):
+    ssl_options = None
+    if settings.tls is not None:
+        ssl_options = pika.SSLOptions(
+            settings.tls.context, settings.tls.server_hostname or host)
     return pika.ConnectionParameters(
         host=host, port=port, virtual_host=vhost,
         credentials=pika.PlainCredentials(user, password),
+        ssl_options=ssl_options,
         heartbeat=settings.heartbeat,
         connection_attempts=1,
         socket_timeout=settings.connect_timeout,
@@ -801,6 +831,50 @@ class Spool:
         return vhost, user, password, message
 
 
+class Refusals:
+    """Logins RabbitMQ refused lately, refused again from memory.
+
+    A flood of bad credentials then costs the broker one connection per
+    distinct vhost/user/password every ttl seconds, not one per request.
+    Entries are keyed by a salted digest, so no password is kept, and
+    there are at most LIMIT of them, the oldest dropped first.
+    """
+
+    LIMIT = 4096
+
+    def __init__(self, ttl):
+        self._ttl = ttl
+        self._salt = os.urandom(16)
+        self._lock = threading.Lock()
+        self._entries = collections.OrderedDict()
+
+    def _key(self, vhost, user, password):
+        return hmac.new(self._salt, json.dumps([vhost, user, password])
+                        .encode(), hashlib.sha256).digest()
+
+    def check(self, vhost, user, password):
+        """Raise the refusal remembered for these credentials, if any."""
+        key = self._key(vhost, user, password)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return
+            expires, kind, reason = entry
+            if expires <= time.monotonic():
+                del self._entries[key]
+                return
+        raise kind(reason)
+
+    def remember(self, vhost, user, password, error):
+        key = self._key(vhost, user, password)
+        with self._lock:
+            self._entries.pop(key, None)
+            self._entries[key] = (time.monotonic() + self._ttl, type(error),
+                                  error.reason)
+            while len(self._entries) > self.LIMIT:
+                self._entries.popitem(last=False)
+
+
 class Registry:
     """The publishers of one worker process, keyed by vhost and user."""
 
@@ -809,6 +883,7 @@ class Registry:
         self.spool = spool
         self._lock = threading.Lock()
         self._publishers = {}
+        self._refusals = Refusals(settings.login_failure_ttl)
         self._closed = False
 
     def publish(self, vhost, user, password, message, confirm):
@@ -826,9 +901,19 @@ class Registry:
     def publisher_for(self, vhost, user, password):
         """The running publisher for vhost/user, if this password may use it.
 
-        A password other than the one the connection was opened with is a
-        new login: the broker decides, and a rotated password takes over.
+        Credentials refused within login_failure_ttl are refused again
+        without asking the broker.
         """
+        self._refusals.check(vhost, user, password)
+        try:
+            return self._login(vhost, user, password)
+        except (LoginRefused, AccessRefused) as error:
+            self._refusals.remember(vhost, user, password, error)
+            raise
+
+    def _login(self, vhost, user, password):
+        """A password other than the one the connection was opened with is a
+        new login: the broker decides, and a rotated password takes over."""
         for _ in range(3):
             publisher = self._running(vhost, user, password)
             try:
@@ -851,6 +936,10 @@ class Registry:
                 raise BrokerUnavailable('statelessd is shutting down')
             publisher = self._publishers.get((vhost, user))
             if publisher is None:
+                if len(self._publishers) >= self.settings.max_publishers:
+                    raise TooManyPublishers(
+                        'this worker already publishes for %d vhost/user '
+                        'pairs, its limit' % len(self._publishers))
                 publisher = Publisher(self.settings, vhost, user, password,
                                       self.spool, self._discard)
                 self._publishers[(vhost, user)] = publisher

@@ -1,0 +1,237 @@
+"""Property tests of statelessd's pure request parsing.
+
+For any input, parsing ends in a message or in an HTTPError with a 4xx
+status, never in another exception; valid messages round-trip byte-exact
+through urlencoded and multipart bodies.
+"""
+import base64
+import decimal
+import json
+import urllib.parse
+
+from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import strategies as st
+
+import hardening_support as support
+import statelessd
+
+SETTINGS = settings(max_examples=300, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+# Text as a client can send it: any code point but unpaired surrogates.
+TEXT = st.text(st.characters(blacklist_categories=('Cs',)))
+SHORT_NAME = TEXT.filter(lambda t: len(t.encode('utf-8')) <= 255)
+PLAIN_NAME = st.text(st.characters(blacklist_categories=('Cs', 'Cc')),
+                     max_size=60).filter(
+                         lambda t: len(t.encode('utf-8')) <= 255)
+
+
+def client_error(call, *args):
+    """call(*args), or the HTTPError it raised, which must be a 4xx."""
+    try:
+        return call(*args)
+    except statelessd.HTTPError as error:
+        assert 400 <= error.status < 500, (error.status, error.reason)
+        assert error.reason
+        return error
+
+
+def parse_message(content_type, body, user):
+    """What Handler.publish does with a request's body: fields, properties
+    and the AMQP encoding of them."""
+    fields, headers = statelessd.message_fields(
+        statelessd.form_fields(content_type, body))
+    properties = statelessd.message_properties(fields, headers, user)
+    statelessd.amqp_properties(properties)
+    return fields.get('body', b''), properties
+
+
+# -- paths ----------------------------------------------------------------------
+
+@SETTINGS
+@given(st.text())
+@example('/%ff/x/y')
+@example('/v/e/' + '%41' * 300)
+@example('/\u0100/e/r')
+@example('/%0a/e/r')
+def test_any_path_is_a_target_none_or_4xx(path):
+    result = client_error(statelessd.publish_target, path)
+    assert result is None or isinstance(result, (tuple,
+                                                 statelessd.HTTPError))
+
+
+@SETTINGS
+@given(PLAIN_NAME.filter(bool), PLAIN_NAME, SHORT_NAME)
+def test_publish_target_round_trips(vhost, exchange, routing_key):
+    path = '/%s/%s/%s' % tuple(urllib.parse.quote(part, safe='')
+                               for part in (vhost, exchange, routing_key))
+    assert statelessd.publish_target(path) == (vhost, exchange, routing_key)
+
+
+@SETTINGS
+@given(PLAIN_NAME.filter(lambda t: t and '/' not in t and '%' not in t))
+def test_raw_utf8_in_a_path_decodes_as_utf8(vhost):
+    # The stdlib hands over the request line as latin-1 text.
+    path = ('/%s/amq.topic/key' % vhost).encode('utf-8').decode('latin-1')
+    assert statelessd.publish_target(path) == (vhost, 'amq.topic', 'key')
+
+
+def test_names_longer_than_a_short_string_are_400():
+    for path in ('/%s/e/r' % ('v' * 256), '/v/%s/r' % ('e' * 256),
+                 '/v/e/%s' % ('%C3%A9' * 128)):
+        error = client_error(statelessd.publish_target, path)
+        assert isinstance(error, statelessd.HTTPError)
+        assert error.status == 400 and '255' in error.reason
+
+
+# -- credentials ------------------------------------------------------------------
+
+@SETTINGS
+@given(st.one_of(st.none(), st.text(),
+                 st.binary().map(lambda b: 'Basic ' + b.decode('latin-1')),
+                 st.binary().map(lambda b: 'Basic ' + base64.b64encode(b)
+                                 .decode('ascii'))))
+@example('Basic \xe9\xe9')
+@example('Basic ' + base64.b64encode(b'\xff\xfe:x').decode())
+@example('Basic ' + base64.b64encode(b'nocolon').decode())
+@example('Basic ' + base64.b64encode(b'user:pass\x00word').decode())
+@example('Basic ' + base64.b64encode(b'us\ner:password').decode())
+@example('Basic !!!!')
+def test_any_authorization_header_is_credentials_or_401(header):
+    result = client_error(statelessd.basic_credentials, header)
+    if isinstance(result, statelessd.HTTPError):
+        assert result.status == 401
+        assert result.headers.get('WWW-Authenticate')
+    else:
+        user, password = result
+        assert user and ':' not in user
+
+
+@SETTINGS
+@given(PLAIN_NAME.filter(lambda t: t and ':' not in t),
+       TEXT.filter(lambda t: '\x00' not in t))
+def test_basic_credentials_round_trip(user, password):
+    header = support.basic_auth(user, password)
+    assert statelessd.basic_credentials(header) == (user, password)
+
+
+# -- bodies -----------------------------------------------------------------------
+
+CONTENT_TYPES = st.one_of(
+    st.none(), st.text(max_size=80),
+    st.just('application/x-www-form-urlencoded'),
+    st.builds(lambda b: 'multipart/form-data; boundary=' + b,
+              st.text(max_size=80)),
+    st.just('multipart/form-data'), st.just('text/plain'))
+
+
+def multipartish():
+    """Bodies near the multipart grammar, where the parser has edges."""
+    pieces = st.sampled_from([b'--b', b'--b--', b'\r\n', b'\r\n\r\n',
+                              b'Content-Disposition: form-data; name="body"',
+                              b'Content-Disposition: form-data; name="h\xff"',
+                              b'Content-Disposition: form-data', b'x',
+                              b'name*=utf-8\'\'%ff', b'"', b';'])
+    return st.lists(pieces, max_size=20).map(b''.join)
+
+
+@SETTINGS
+@given(CONTENT_TYPES, st.one_of(st.binary(max_size=400), multipartish()),
+       st.text(min_size=1, max_size=10))
+@example('multipart/form-data; boundary=b',
+         b'--b\r\nContent-Disposition: form-data; name="headers[\xff]"\r\n'
+         b'\r\nx\r\n--b--', 'u')
+@example('multipart/form-data; boundary=b',
+         b'--b\r\nContent-Disposition: form-data; name="body"\r\n\r\nx', 'u')
+@example('application/x-www-form-urlencoded', b'%ff=1', 'u')
+@example(None, b'priority=%C2%B2', 'u')
+@example(None, b'timestamp=\xb2', 'u')
+@example(None, b'headers=%7B%22%5Cud800%22%3A1%7D', 'u')
+@example(None, b'headers=' + b'%5B' * 5000, 'u')
+@example(None, b'headers=' + b'%7B%22a%22%3A' * 400 + b'1' + b'%7D' * 400,
+         'u')
+@example(None, b'headers=%7B%22a%22%3A1e999999999%7D', 'u')
+@example(None, b'headers=%7B%22a%22%3A1e-999999999%7D', 'u')
+@example(None, b'headers=%7B%22a%22%3A%7B%22' + b'k' * 300 + b'%22%3A1%7D%7D',
+         'u')
+@example(None, b'headers=%7B%22a%22%3A%22' + b'v' * 70000 + b'%22%7D', 'u')
+@example(None, b'user_id=someone-else', 'u')
+@example(None, b'headers=%7B%22c%22%3A1.5%2C%22d%22%3A%5B2.5e3%5D%7D', 'u')
+@example(None, b'headers=%7B%22a%22%3A1e300%7D', 'u')
+def test_any_body_is_a_message_or_4xx(content_type, body, user):
+    result = client_error(parse_message, content_type, body, user)
+    if not isinstance(result, statelessd.HTTPError):
+        message_body, properties = result
+        assert isinstance(message_body, bytes)
+        assert properties.get('user_id', user) == user
+
+
+@SETTINGS
+@given(st.lists(st.tuples(TEXT, st.binary()), max_size=8))
+def test_urlencoded_fields_round_trip(pairs):
+    body = support.urlencode(pairs)
+    assert statelessd.form_fields(
+        'application/x-www-form-urlencoded', body) == pairs
+
+
+MULTIPART_NAME = st.text(st.characters(blacklist_categories=('Cs', 'Cc'),
+                                       blacklist_characters='"\\'),
+                         min_size=1, max_size=30)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(MULTIPART_NAME, st.binary()), max_size=8))
+def test_multipart_fields_round_trip(pairs):
+    content_type, body = support.multipart(pairs)
+    assert statelessd.form_fields(content_type, body) == pairs
+
+
+PROPERTY_TEXT = st.text(st.characters(blacklist_categories=('Cs',)),
+                        max_size=40)
+
+
+@SETTINGS
+@given(body=st.binary(max_size=2000),
+       message_id=PROPERTY_TEXT, app_id=PROPERTY_TEXT,
+       priority=st.integers(0, 255), delivery_mode=st.integers(1, 2),
+       headers=st.dictionaries(
+           st.text(st.characters(blacklist_categories=('Cs',)), max_size=20),
+           st.one_of(st.integers(-2 ** 31, 2 ** 31 - 1), PROPERTY_TEXT,
+                     st.booleans(), st.none(),
+                     st.decimals(places=2, min_value=-10 ** 6,
+                                 max_value=10 ** 6)), max_size=5),
+       encoding=st.sampled_from(['urlencoded', 'multipart']))
+def test_valid_message_round_trips(body, message_id, app_id, priority,
+                                   delivery_mode, headers, encoding):
+    fields = [('body', body), ('message_id', message_id),
+              ('app_id', app_id), ('priority', str(priority)),
+              ('delivery_mode', str(delivery_mode)),
+              ('headers', json_object(headers))]
+    if encoding == 'urlencoded':
+        content_type = 'application/x-www-form-urlencoded'
+        raw = support.urlencode(fields)
+    else:
+        marker_free = all(b'--hard-' not in value if isinstance(value, bytes)
+                          else '--hard-' not in value for _, value in fields)
+        assume(marker_free)
+        content_type, raw = support.multipart(fields)
+    parsed_body, properties = parse_message(content_type, raw, 'user')
+    assert parsed_body == body
+    assert properties['message_id'] == message_id
+    assert properties['app_id'] == app_id
+    assert properties['priority'] == priority
+    assert properties['delivery_mode'] == delivery_mode
+    assert properties.get('headers', {}) == headers
+
+
+def json_object(mapping):
+    """JSON for a flat mapping, decimals written as JSON numbers."""
+    return '{%s}' % ', '.join(
+        '%s: %s' % (json.dumps(name), value if isinstance(
+            value, decimal.Decimal) else json.dumps(value))
+        for name, value in mapping.items())
+
+
+def test_user_id_of_someone_else_is_refused():
+    error = client_error(parse_message, None, b'user_id=admin', 'guest')
+    assert isinstance(error, statelessd.HTTPError) and error.status == 400

@@ -34,11 +34,20 @@ LOGGER = logging.getLogger('statelessd.amqp')
 
 #: How long the publisher thread sleeps in pika when nothing wakes it.
 IDLE_POLL = 1.0
+#: While messages flow, how often the publisher thread looks for more.
+BATCH_TICK = 0.002
+#: Seconds without a message before the publisher thread sleeps until woken.
+QUIET = 0.05
 #: Attempts per message before a broker nack is final.
 NACK_RETRIES = 3
 #: Reconnect back-off bounds, in seconds.
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
+#: Messages a connected publisher may have waiting before the requests
+#: adding more wait for it to catch up (see Publisher._keep_pace).
+FLOW_HIGH_WATER = 500
+#: How often a request held by flow control looks again.
+FLOW_CHECK = 0.05
 #: How often a message parked for a missing exchange is tried again.
 PARK_RETRY = 2.0
 #: Encoded properties travel in one frame.  Beyond RabbitMQ's frame_max
@@ -163,8 +172,11 @@ class Message:
 def basic_properties(mapping):
     """BasicProperties for a validated mapping; ValueError if AMQP can't
     carry it (a header number out of range, a nested name too long, or
-    more than MAX_PROPERTIES_SIZE bytes in all)."""
+    more than MAX_PROPERTIES_SIZE bytes in all).  Only headers can: the
+    other properties are short strings and numbers the edge has checked."""
     properties = pika.BasicProperties(**mapping)
+    if 'headers' not in mapping:
+        return properties
     try:
         size = sum(len(piece) for piece in properties.encode())
     except (struct.error, OverflowError, TypeError, ValueError,
@@ -280,6 +292,8 @@ class Publisher(threading.Thread):
         self._drain_deadline = 0.0
         self._closed = False
         self._closed_lock = threading.Lock()
+        self._caught_up = threading.Condition()
+        self._flow_waiters = 0
         self._last_used = time.monotonic()
         self.failure = None
 
@@ -335,6 +349,31 @@ class Publisher(threading.Thread):
             self._last_used = time.monotonic()
             self._queue.put(message)
         self._wake()
+        self._keep_pace()
+
+    def _keep_pace(self):
+        """Hold the request while this connected publisher lags behind.
+
+        Request threads take messages faster than one publisher thread can
+        publish them; left alone they fill the queue to max_queue_size and
+        the surplus is answered 503.  Waiting here gives the publisher the
+        GIL and turns overload into latency.  A publisher that is not
+        connected is not waited for: its queue bound answers for it.
+        """
+        high_water = min(FLOW_HIGH_WATER, self.settings.max_queue_size // 2)
+        if self._queue.qsize() < high_water:
+            return
+        deadline = time.monotonic() + self.settings.confirm_timeout
+        with self._caught_up:
+            self._flow_waiters += 1
+            try:
+                while (self._queue.qsize() >= high_water // 2
+                       and self.stats.connected
+                       and not self._stopping.is_set()
+                       and time.monotonic() < deadline):
+                    self._caught_up.wait(FLOW_CHECK)
+            finally:
+                self._flow_waiters -= 1
 
     def stop(self, drain_timeout=0.0):
         """Ask the thread to finish; it flushes for up to drain_timeout."""
@@ -451,23 +490,40 @@ class Publisher(threading.Thread):
             self._outbox.clear()
 
     def _serve(self):
-        parked_at = time.monotonic()
+        parked_at = busy_at = time.monotonic()
         while True:
-            self._wake_pending = False
-            self._publish_waiting()
+            if self._publish_waiting():
+                busy_at = time.monotonic()
             if self._stopping.is_set() and self._drained():
                 return
             if self._idle():
                 LOGGER.info('%s:%s idle for %ss, closing', self.vhost,
                             self.user, self.settings.idle_timeout)
                 return
-            self._connection.process_data_events(time_limit=IDLE_POLL)
+            self._connection.process_data_events(
+                time_limit=self._poll_time(busy_at))
             if self._channel.is_closed:
                 self._reopen_channel()
             if self._parked and time.monotonic() - parked_at > PARK_RETRY:
                 self._retry.extend(self._parked)
                 self._parked.clear()
                 parked_at = time.monotonic()
+
+    def _poll_time(self, busy_at):
+        """How long to wait in pika before looking at the queue again.
+
+        While messages flow, the thread looks every BATCH_TICK without
+        being woken: a wake per message costs a GIL hand-over each, and a
+        tick gathers the messages of many requests into one batch.  Once
+        quiet for QUIET seconds it asks to be woken and sleeps.
+        """
+        if time.monotonic() - busy_at < QUIET:
+            self._wake_pending = True
+            return BATCH_TICK
+        self._wake_pending = False
+        if self._queue.qsize():
+            return 0
+        return IDLE_POLL
 
     def _drained(self):
         if not (self.pending - len(self._parked)):
@@ -494,14 +550,22 @@ class Publisher(threading.Thread):
         self._open_channel()
 
     def _publish_waiting(self):
+        """Publish what waits; True if there was anything."""
+        sent = 0
         while self._retry and self._channel.is_open:
             self._send(self._retry.popleft())
+            sent += 1
         while self._channel.is_open:
             try:
                 message = self._queue.get_nowait()
             except queue.Empty:
                 break
             self._send(message)
+            sent += 1
+        if self._flow_waiters:
+            with self._caught_up:
+                self._caught_up.notify_all()
+        return sent > 0
 
     def _send(self, message):
         if message.abandoned:

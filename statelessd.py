@@ -24,6 +24,7 @@ import logging
 import logging.config
 import mimetypes
 import os
+import queue
 import pwd
 import select
 import signal
@@ -149,7 +150,7 @@ class Config:
         self.confirm = boolean(rabbitmq, 'confirm', False, prefix)
         # max_publishers: vhost/user pairs a worker keeps a connection and a
         # thread for; a request for one more is answered 503.
-        self.max_publishers = integer(rabbitmq, 'max_publishers', 100,
+        self.max_publishers = integer(rabbitmq, 'max_publishers', 1000,
                                       prefix, 1)
         # login_failure_ttl: seconds a vhost/user/password RabbitMQ refused
         # is refused again from memory, without a new broker connection.
@@ -1538,24 +1539,55 @@ class Server(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
     request_queue_size = 128
+    #: Seconds a connection thread waits for another connection.
+    THREAD_IDLE = 0.25
 
     def __init__(self, address, port):
         self.address_family = (socket.AF_INET6 if ':' in address
                                else socket.AF_INET)
         super().__init__((address, port), Handler)
         self.worker = None
+        self._connections = queue.SimpleQueue()
+        self._idle_threads = 0
+        self._idle_lock = threading.Lock()
 
     def process_request(self, request, client_address):
         """Serve the connection in a thread of its own, or, when
-        HTTPServer.max_connections are being served, answer 503 at once."""
+        HTTPServer.max_connections are being served, answer 503 at once.
+
+        A thread that served a connection waits THREAD_IDLE seconds for the
+        next one before it ends: starting a thread per connection was most
+        of the cost of clients that connect for every request, as PHP does.
+        """
         if not self.worker.connection_slots.acquire(blocking=False):
             self.refuse(request)
             return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.worker.connection_slots.release()
-            raise
+        self._connections.put((request, client_address))
+        with self._idle_lock:
+            if self._idle_threads:
+                self._idle_threads -= 1
+                return
+        threading.Thread(target=self.serve_connections, daemon=True,
+                         name='connection').start()
+
+    def serve_connections(self):
+        """Serve connections until none came for THREAD_IDLE seconds.
+
+        An idle thread that process_request counted on (idle count already
+        taken) has a connection queued for it, so it serves that first."""
+        while True:
+            try:
+                request, client_address = self._connections.get(
+                    timeout=self.THREAD_IDLE)
+            except queue.Empty:
+                with self._idle_lock:
+                    if self._idle_threads:
+                        self._idle_threads -= 1
+                        return
+                continue
+            self.process_request_thread(request, client_address)
+            with self._idle_lock:
+                self._idle_threads += 1
 
     def process_request_thread(self, request, client_address):
         try:

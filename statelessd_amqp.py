@@ -118,7 +118,7 @@ class Settings:
 
     def __init__(self, hosts, heartbeat=60, connect_timeout=5.0,
                  max_queue_size=10000, confirm_timeout=10.0,
-                 idle_timeout=3600.0, port=0, max_publishers=100,
+                 idle_timeout=3600.0, port=0, max_publishers=1000,
                  login_failure_ttl=5.0, tls=None):
         self.hosts = list(hosts)
         self.heartbeat = heartbeat
@@ -306,6 +306,11 @@ class Publisher(threading.Thread):
                                     % timeout)
         if self.failure is not None:
             raise self.failure
+
+    @property
+    def connected_once(self):
+        """True once the first connection opened (and stays true)."""
+        return self._ready.is_set() and self.failure is None
 
     def password_matches(self, password):
         return hmac.compare_digest(self._digest,
@@ -968,6 +973,11 @@ class Registry:
         Credentials refused within login_failure_ttl are refused again
         without asking the broker.
         """
+        publisher = self._publishers.get((vhost, user))
+        if publisher is not None and not self._closed and \
+                publisher.connected_once and \
+                publisher.password_matches(password):
+            return publisher
         self._refusals.check(vhost, user, password)
         try:
             return self._login(vhost, user, password)

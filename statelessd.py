@@ -25,6 +25,7 @@ import logging.config
 import mimetypes
 import os
 import queue
+import re
 import pwd
 import select
 import signal
@@ -523,8 +524,11 @@ def publish_target(path):
     return vhost, exchange, routing_key
 
 
+CONTROL_CHARACTERS = re.compile('[\x00-\x1f\x7f-\x9f]')
+
+
 def has_control_characters(value):
-    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value)
+    return CONTROL_CHARACTERS.search(value) is not None
 
 
 def basic_credentials(header):
@@ -817,8 +821,9 @@ class Worker:
                                                  self.spool)
         self.stopping = False
         self.requests = statelessd_stats.RequestCounters()
-        self.in_flight = 0
-        self.in_flight_lock = threading.Lock()
+        # The handlers answering a request now; a set's add and discard
+        # need no lock.
+        self.in_flight = set()
         self.connection_slots = threading.BoundedSemaphore(
             config.max_connections)
         self.watchdog = Watchdog()
@@ -934,11 +939,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     default_request_version = 'HTTP/1.0'
     error_content_type = 'application/json'
 
-    @property
-    def worker(self):
-        return self.server.worker
-
     def setup(self):
+        self.worker = self.server.worker
         self.timeout = self.worker.config.socket_timeout
         super().setup()
         self.watch = None
@@ -1058,8 +1060,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def dispatch(self, method):
         if self.worker.stopping:
             self.close_connection = True
-        with self.worker.in_flight_lock:
-            self.worker.in_flight += 1
+        self.worker.in_flight.add(self)
         try:
             self.route(method)
         except HTTPError as error:
@@ -1074,8 +1075,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_json_error(HTTPError(500, 'statelessd failed to handle '
                                            'the request; see its log'))
         finally:
-            with self.worker.in_flight_lock:
-                self.worker.in_flight -= 1
+            self.worker.in_flight.discard(self)
         self.record(method, self.status or 500)
 
     def record(self, method, status):

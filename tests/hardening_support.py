@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pika
 import yaml
+from conftest import deep_merge, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -33,12 +34,6 @@ def unique(prefix):
     return '%s-%s' % (prefix, secrets.token_hex(5))
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def require(tool, hint):
     """The path of a command-line tool, or a failure saying how to get it."""
     path = shutil.which(tool) or shutil.which(tool, path='/usr/sbin:/sbin')
@@ -50,15 +45,6 @@ def require(tool, hint):
 def basic_auth(user, password):
     raw = ('%s:%s' % (user, password)).encode('utf-8')
     return 'Basic ' + base64.b64encode(raw).decode('ascii')
-
-
-def deep_merge(base, overrides):
-    for key, value in (overrides or {}).items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            deep_merge(base[key], value)
-        else:
-            base[key] = value
-    return base
 
 
 # -- the broker ---------------------------------------------------------------

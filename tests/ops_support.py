@@ -15,7 +15,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import pika
 import pytest
 import yaml
+from conftest import deep_merge, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / 'statelessd.py'
@@ -38,12 +38,6 @@ def unique(prefix):
     return '%s%s' % (prefix, secrets.token_hex(5))
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def require_tool(name, package=None):
     """The path of a command the test needs, or a failed test."""
     path = shutil.which(name) or shutil.which(name, path='/usr/sbin:/sbin')
@@ -51,15 +45,6 @@ def require_tool(name, package=None):
         pytest.fail('%s is not installed: run "make %s" as root, or '
                     'apt-get install %s' % (name, name, package or name))
     return path
-
-
-def deep_merge(base, overrides):
-    for key, value in (overrides or {}).items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            deep_merge(base[key], value)
-        else:
-            base[key] = value
-    return base
 
 
 def config(ports, overrides=None):

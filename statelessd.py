@@ -1005,8 +1005,38 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def read_headers(self):
         limit = self.worker.config.max_header_size
-        count = self.worker.config.max_header_count
-        headers, size = RequestHeaders(), 0
+        lines = self.buffered_head(limit)
+        if lines is None:
+            lines = self.head_lines(limit)
+        if len(lines) > self.worker.config.max_header_count:
+            raise HTTPError(431, 'the request has more than %d header lines'
+                            % self.worker.config.max_header_count)
+        headers = RequestHeaders()
+        for line in lines:
+            name, colon, value = line.partition(':')
+            if not colon or not name or name != name.strip() \
+                    or '\r' in value or '\n' in value:
+                raise HTTPError(400, 'malformed header line %r'
+                                % printable(line[:60]))
+            headers.add(name, value.strip())
+        return headers
+
+    def buffered_head(self, limit):
+        """The header lines, taken from the read buffer in one go when the
+        whole head is there, as it nearly always is; else None."""
+        buffered = self.rfile.peek(1)
+        if buffered.startswith(b'\r\n'):
+            self.rfile.read(2)
+            return []
+        end = buffered.find(b'\r\n\r\n', 0, limit + 2)
+        if end < 0:
+            return None
+        return self.rfile.read(end + 4)[:end].decode('iso-8859-1').split(
+            '\r\n')
+
+    def head_lines(self, limit):
+        """The header lines, read one by one within limit bytes."""
+        lines, size = [], 0
         while True:
             line = self.rfile.readline(limit - size + 1)
             size += len(line)
@@ -1014,17 +1044,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raise HTTPError(431, 'the request headers exceed %d bytes'
                                 % limit)
             if line in (b'\r\n', b'\n'):
-                return headers
+                return lines
             if not line.endswith(b'\n'):
                 raise HTTPError(400, 'the request headers are truncated')
-            name, colon, value = line.decode('iso-8859-1').partition(':')
-            if not colon or not name or name != name.strip():
-                raise HTTPError(400, 'malformed header line %r'
-                                % printable(line[:60].decode('iso-8859-1')))
-            if len(headers) >= count:
-                raise HTTPError(431, 'the request has more than %d header '
-                                'lines' % count)
-            headers.add(name, value.strip())
+            lines.append(line.decode('iso-8859-1').rstrip('\r\n'))
 
     def handle_expect_100(self):
         """Refuse an oversized body before the client sends it."""
@@ -1104,7 +1127,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if method != 'POST':
             raise HTTPError(405, 'a publish path accepts POST only',
                             {'Allow': 'POST'})
-        self.publish(target, urllib.parse.parse_qs(query))
+        self.publish(target, urllib.parse.parse_qs(query) if query else {})
 
     def send_dashboard(self):
         self.send_body(200, 'text/html; charset=utf-8', self.worker.dashboard)
@@ -1431,16 +1454,19 @@ class RequestHeaders:
 class Watch:
     """A request's deadline, kept by the Watchdog."""
 
-    __slots__ = ('sock', 'deadline', 'expired', 'watchdog')
+    __slots__ = ('sock', 'deadline', 'expired', 'watchdog', 'active')
 
     def __init__(self, watchdog, sock, deadline):
         self.watchdog = watchdog
         self.sock = sock
         self.deadline = deadline
         self.expired = False
+        self.active = True
 
     def cancel(self):
-        self.watchdog.cancel(self)
+        if self.active:
+            self.active = False
+            self.watchdog.cancel(self)
 
 
 class Watchdog(threading.Thread):

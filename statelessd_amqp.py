@@ -403,6 +403,8 @@ class Publisher(threading.Thread):
     def run(self):
         try:
             self._run()
+        except Exception:
+            LOGGER.exception('%s:%s publisher failed', self.vhost, self.user)
         finally:
             with self._closed_lock:
                 self._closed = True

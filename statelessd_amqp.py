@@ -360,25 +360,30 @@ class Publisher(threading.Thread):
         """Hold the request while this connected publisher lags behind.
 
         Request threads take messages faster than one publisher thread can
-        publish them; left alone they fill the queue to max_queue_size and
-        the surplus is answered 503.  Waiting here gives the publisher the
-        GIL and turns overload into latency.  A publisher that is not
-        connected is not waited for: its queue bound answers for it.
+        publish them, and a busy broker confirms them later than they come;
+        left alone, waiting and unconfirmed messages fill max_queue_size
+        and the surplus is answered 503.  Waiting here gives the publisher
+        the GIL and the broker time, and turns overload into latency.  A
+        publisher that is not connected is not waited for: its queue bound
+        answers for it.
         """
         high_water = min(FLOW_HIGH_WATER, self.settings.max_queue_size // 2)
-        if self._queue.qsize() < high_water:
+        if self._in_flight() < high_water:
             return
         deadline = time.monotonic() + self.settings.confirm_timeout
         with self._caught_up:
             self._flow_waiters += 1
             try:
-                while (self._queue.qsize() >= high_water // 2
+                while (self._in_flight() >= high_water // 2
                        and self.stats.connected
                        and not self._stopping.is_set()
                        and time.monotonic() < deadline):
                     self._caught_up.wait(FLOW_CHECK)
             finally:
                 self._flow_waiters -= 1
+
+    def _in_flight(self):
+        return self._queue.qsize() + len(self._outbox)
 
     def stop(self, drain_timeout=0.0):
         """Ask the thread to finish; it flushes for up to drain_timeout."""

@@ -793,6 +793,7 @@ ERROR_STATUS = {
     statelessd_amqp.QueueFull: 503,
     statelessd_amqp.TooManyPublishers: 503,
     statelessd_amqp.Nacked: 503,
+    statelessd_amqp.SpoolFailed: 503,
     statelessd_amqp.ConfirmTimeout: 504,
 }
 

@@ -88,6 +88,10 @@ class QueueFull(PublishError):
     """The publisher holds as many messages as it is allowed to."""
 
 
+class SpoolFailed(PublishError):
+    """The spool cannot be written, so a message cannot be accepted."""
+
+
 class Nacked(PublishError):
     """RabbitMQ nacked the message, also after retries."""
 
@@ -762,6 +766,7 @@ class Spool:
         self._next_id = 1
         self._file = None
         self._closing = False
+        self._error = None
         self._flusher = threading.Thread(target=self._flush_forever,
                                          name='spool-flusher', daemon=True)
 
@@ -783,6 +788,7 @@ class Spool:
                            message.routing_key, message.mandatory]).encode()
         properties = b''.join(message.properties.encode())
         with self._cond:
+            self._raise_failure()
             spool_id = self._next_id
             self._next_id += 1
             record = self._record(self.ADD, struct.pack(
@@ -795,7 +801,19 @@ class Spool:
             message.spool_id = spool_id
             self._cond.notify_all()
             while self._durable < ticket:
+                if self._error is not None:
+                    del self._live[spool_id]
+                    message.spool_id = None
+                    self._raise_failure()
                 self._cond.wait()
+
+    def _raise_failure(self):
+        """After a failed write nothing more is accepted (the caller holds
+        _cond): answering 204 for what is not on disk would break the
+        spool's promise."""
+        if self._error is not None:
+            raise SpoolFailed('the spool %s cannot be written: %s'
+                              % (self.path, self._error))
 
     def retire(self, spool_id):
         with self._cond:
@@ -811,7 +829,10 @@ class Spool:
             self._cond.notify_all()
         if self._flusher.is_alive():
             self._flusher.join()
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as error:
+            LOGGER.error('Closing the spool %s: %s', self.path, error)
 
     @classmethod
     def _record(cls, kind, payload):
@@ -830,18 +851,30 @@ class Spool:
                 records, self._buffer = self._buffer, []
                 ticket = self._appended
                 closing = self._closing
-            if records:
-                self._file.write(b''.join(records))
-                self._file.flush()
-                os.fsync(self._file.fileno())
-            with self._cond:
-                self._durable = max(self._durable, ticket)
-                self._cond.notify_all()
-                if self._retired_in_file > max(self.COMPACT_AFTER,
-                                               len(self._live)):
-                    self._rewrite()
+            try:
+                self._write(records, ticket)
+            except OSError as error:
+                LOGGER.error('Cannot write the spool %s: %s; refusing '
+                             'messages until statelessd restarts',
+                             self.path, error)
+                with self._cond:
+                    self._error = error.strerror or str(error)
+                    self._cond.notify_all()
+                return
             if closing:
                 return
+
+    def _write(self, records, ticket):
+        if records:
+            self._file.write(b''.join(records))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        with self._cond:
+            self._durable = max(self._durable, ticket)
+            self._cond.notify_all()
+            if self._retired_in_file > max(self.COMPACT_AFTER,
+                                           len(self._live)):
+                self._rewrite()
 
     def _rewrite(self):
         """Replace the file with the live records; the caller holds _cond."""

@@ -143,6 +143,16 @@ def received_ids(channel, queue):
         ids.append(properties.message_id)
 
 
+def arrived_ids(channel, queue, expected, timeout):
+    """The message_ids consumed until all of expected came, or timeout."""
+    received = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not set(expected) <= received:
+        received |= set(received_ids(channel, queue))
+        time.sleep(0.3)
+    return received
+
+
 def wait_until(predicate, timeout, message):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -455,14 +465,41 @@ def test_spool_replays_after_kill_9_during_outage(statelessd, outage,
 
     outage.start_app()
     channel = outage.channel()
-    deadline = time.monotonic() + 60
-    received = set()
-    while time.monotonic() < deadline and not set(ids) <= received:
-        received |= set(received_ids(channel, name))
-        time.sleep(0.3)
-    missing = set(ids) - received
+    missing = set(ids) - arrived_ids(channel, name, ids, 60)
     assert not missing, 'not replayed: %s' % sorted(missing)
     assert 'Replaying 25 spooled messages' in server.log()
+    channel.queue_delete(name)
+    channel.exchange_delete(name)
+
+
+def test_full_spool_refuses_with_503_and_keeps_serving(statelessd,
+                                                     amqp_root, tmp_path):
+    """A spool that cannot be written answers 503 rather than hang or
+    answer 204 for a message that is not on disk."""
+    channel = amqp_root.channel
+    name = durable_target(channel)
+    directory = tmp_path / 'full'
+    directory.mkdir(mode=0o700)
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64k,mode=0700',
+                    'tmpfs', str(directory)], check=True)
+    try:
+        server = statelessd(1, {'Application': {'spool': str(directory)}})
+        http = Http()
+        path = '/%%2f/%s/k' % name
+        assert http.post(server.port, path, {'body': 'warm'}).status == 204
+        statuses = [http.post(server.port, path, {'body': 'x' * 8192})
+                    for _ in range(12)]
+        refused = [r for r in statuses if r.status != 204]
+        assert refused, 'a 64 KiB spool took 96 KiB of messages'
+        for response in refused:
+            check_error(response, 503, ['spool'])
+        assert http.get(server.port, '/stats').status == 200
+        accepted = sum(1 for r in statuses if r.status == 204)
+        wait_until(lambda: drained(server.port), 10, 'not drained')
+        assert len(received_ids(channel, name)) == accepted + 1
+        server.stop()
+    finally:
+        subprocess.run(['umount', '-l', str(directory)])
     channel.queue_delete(name)
     channel.exchange_delete(name)
 
@@ -560,12 +597,8 @@ def test_sigterm_during_outage_keeps_messages_in_spool(statelessd, outage,
     outage.start_app()
     successor = statelessd([port], overrides)
     channel = outage.channel()
-    received = set()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not set(ids) <= received:
-        received |= set(received_ids(channel, name))
-        time.sleep(0.3)
-    assert set(ids) <= received, sorted(set(ids) - received)
+    missing = set(ids) - arrived_ids(channel, name, ids, 30)
+    assert not missing, 'not replayed: %s' % sorted(missing)
     successor.stop()
     channel.queue_delete(name)
     channel.exchange_delete(name)

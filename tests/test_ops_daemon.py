@@ -250,3 +250,40 @@ def test_systemd_unit_runs_statelessd_in_the_foreground():
     assert service['Restart'] == 'on-failure'
     assert service.get('Type', 'simple') == 'simple'
     assert unit['Install']['WantedBy'] == 'multi-user.target'
+
+
+def thread_cpus(pid):
+    """{thread id: the CPUs it may run on} for every thread of a process."""
+    return {int(task): os.sched_getaffinity(int(task))
+            for task in os.listdir('/proc/%d/task' % pid)}
+
+
+def test_each_worker_keeps_to_one_cpu_the_ports_taking_turns(tmp_path):
+    cpus = sorted(os.sched_getaffinity(0))
+    with running(tmp_path, ports=3) as gateway:
+        pids = settle(lambda: len(gateway.worker_pids()) == 3
+                      and gateway.worker_pids())
+        assert pids, gateway.log()
+        with sink() as box:
+            for port in gateway.ports:
+                assert publish(port, box.path(), 'pinned').status == 204
+            assert box.take(3) == [b'pinned'] * 3
+        for index, port in enumerate(gateway.ports):
+            expected = {cpus[index % len(cpus)]}
+            threads = thread_cpus(pids[port])
+            # the publisher and connection threads started since inherit it
+            assert len(threads) > 2
+            assert set(map(frozenset, threads.values())) == {
+                frozenset(expected)}, (port, threads)
+        assert os.sched_getaffinity(gateway.process.pid) == set(cpus)
+
+
+def test_cpu_affinity_false_leaves_workers_to_the_kernel(tmp_path):
+    cpus = os.sched_getaffinity(0)
+    with running(tmp_path, ports=2,
+                 overrides={'HTTPServer': {'cpu_affinity': False}}) as gateway:
+        pids = settle(lambda: len(gateway.worker_pids()) == 2
+                      and gateway.worker_pids())
+        assert pids, gateway.log()
+        for pid in pids.values():
+            assert os.sched_getaffinity(pid) == cpus

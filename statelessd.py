@@ -7,7 +7,6 @@ lives in statelessd_amqp, counting in statelessd_stats.
 import argparse
 import base64
 import collections
-import ctypes
 import concurrent.futures
 import contextlib
 import decimal
@@ -1434,10 +1433,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 def libc_send():
-    """libc's send(2), called through ctypes.PyDLL, which keeps the GIL."""
+    """libc's send(2), called through ctypes.PyDLL, which keeps the GIL;
+    None where ctypes or the function is missing."""
     try:
+        import ctypes
         send = ctypes.PyDLL(None).send
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):
         return None
     send.restype = ctypes.c_ssize_t
     send.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t,
@@ -1456,7 +1457,7 @@ def send_at_once(sock, data):
 
     socket.send releases the GIL for the system call, and under load
     another request thread takes it: the sender then waits its turn to
-    finish the request.  That hand-over was a quarter of a worker's
+    finish the request.  That hand-over was 40% of a worker's voluntary
     context switches; a response nearly always fits the socket's buffer.
     """
     if LIBC_SEND is None:

@@ -1,9 +1,13 @@
 """HTTPServer limits: body size, headers, request and idle timeouts, and
 connections per worker, each answered with its status and a JSON reason.
 """
+import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -214,3 +218,53 @@ def test_limit_defaults():
     assert config.max_connections == 500
     assert config.max_publishers == 1000
     assert config.login_failure_ttl == 5.0
+
+
+@pytest.fixture(scope='module')
+def large_file_server():
+    """Serves a 32 MiB static file: far more than a socket takes at once."""
+    static = Path(tempfile.mkdtemp(prefix='statelessd-static-'))
+    content = os.urandom(32 * 1024 * 1024)
+    (static / 'large.bin').write_bytes(content)
+    with support.Statelessd({
+            'Application': {'paths': {'static': str(static)}},
+            'HTTPServer': {'socket_timeout': 1.0}}) as instance:
+        yield instance, content
+    shutil.rmtree(static)
+
+
+def response_body(answer):
+    head, _, body = answer.partition(b'\r\n\r\n')
+    assert head.startswith(b'HTTP/1.1 200 '), head[:200]
+    return head, body
+
+
+def test_a_response_larger_than_the_socket_buffer_arrives_whole(
+        large_file_server):
+    server, content = large_file_server
+    with socket.create_connection(('127.0.0.1', server.port),
+                                  timeout=10) as sock:
+        sock.sendall(b'GET /static/large.bin HTTP/1.1\r\nHost: x\r\n'
+                     b'Connection: close\r\n\r\n')
+        time.sleep(0.3)   # the first send fills the buffers, the rest waits
+        head, body = response_body(support.read_all(sock, 10))
+    assert b'Content-Length: %d' % len(content) in head
+    assert body == content
+
+
+def test_a_client_that_stops_reading_is_cut_off_after_socket_timeout(
+        large_file_server):
+    server, content = large_file_server
+    pid = server.worker_pids()[0]
+    time.sleep(0.5)   # connection threads of earlier tests end when idle
+    before = support.thread_count(pid)
+    with socket.create_connection(('127.0.0.1', server.port),
+                                  timeout=10) as sock:
+        sock.sendall(b'GET /static/large.bin HTTP/1.1\r\nHost: x\r\n\r\n')
+        time.sleep(0.5)
+        assert support.thread_count(pid) == before + 1
+        time.sleep(2.5)   # socket_timeout is 1 s
+        assert support.thread_count(pid) <= before
+        _, body = response_body(support.read_all(sock, 10))
+    assert len(body) < len(content)
+    assert content.startswith(body)

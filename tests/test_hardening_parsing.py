@@ -174,6 +174,37 @@ def test_urlencoded_fields_round_trip(pairs):
         'application/x-www-form-urlencoded', body) == pairs
 
 
+FORM_BYTES = st.binary().map(lambda raw: raw.replace(b'\x00', b'%')) | \
+    st.text(alphabet='ab%+&=2F', max_size=40).map(str.encode)
+
+
+@SETTINGS
+@given(FORM_BYTES)
+@example(b'a=1&&b&=c&d=%zz&e=%2&f=+%2B+&g=%C3%A9%FF')
+def test_urlencoded_fields_split_as_parse_qsl_does(body):
+    """Any body, well formed or not: the same fields as parse_qsl with
+    keep_blank_values, decoded byte for byte."""
+    expected = [(name.encode('latin-1'), value.encode('latin-1'))
+                for name, value in urllib.parse.parse_qsl(
+                    body.decode('latin-1'), keep_blank_values=True,
+                    encoding='latin-1')]
+    result = client_error(statelessd.urlencoded_fields, body)
+    if isinstance(result, statelessd.HTTPError):
+        assert result.status == 400
+        assert any(not utf8(name) for name, _ in expected)
+    else:
+        assert [(name.encode('utf-8'), value)
+                for name, value in result] == expected
+
+
+def utf8(raw):
+    try:
+        raw.decode('utf-8')
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 MULTIPART_NAME = st.text(st.characters(blacklist_categories=('Cs', 'Cc'),
                                        blacklist_characters='"\\'),
                          min_size=1, max_size=30)

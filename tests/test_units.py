@@ -1,6 +1,9 @@
 """Unit tests of the pure parts: configuration, path, credentials, fields."""
 import base64
 import decimal
+import os
+import socket
+import time
 
 import pytest
 import yaml
@@ -269,3 +272,17 @@ def test_refused_exchange_from_reply_text():
     assert statelessd_amqp.refused_exchange(
         "NOT_FOUND - no exchange 'gone.x' in vhost '/'") == 'gone.x'
     assert statelessd_amqp.refused_exchange('PRECONDITION_FAILED') is None
+
+
+def test_send_at_once_sends_what_fits_and_reports_failure_as_nothing():
+    assert statelessd.LIBC_SEND is not None   # Linux has it: the fast path
+    left, right = socket.socketpair()
+    with left, right:
+        assert statelessd.send_at_once(left, b'a response') == 10
+        assert right.recv(100) == b'a response'
+        large = os.urandom(16 * 1024 * 1024)
+        sent = statelessd.send_at_once(left, large)
+        assert 0 < sent < len(large)   # never waits for the reader
+        right.close()
+        time.sleep(0.05)
+        assert statelessd.send_at_once(left, b'gone') == 0

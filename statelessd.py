@@ -11,10 +11,10 @@ import concurrent.futures
 import contextlib
 import decimal
 import email.message
-import functools
 import email.parser
 import email.utils
 import errno
+import functools
 import grp
 import http
 import http.client

@@ -120,6 +120,21 @@ class Response:
         )
 
 
+def request(port, method, path, body=None, headers=None, timeout=30.0,
+            host="127.0.0.1", source=None):
+    """One request on a connection of its own; the Response."""
+    connection = http.client.HTTPConnection(
+        host, port, timeout=timeout,
+        source_address=(source, 0) if source else None)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return Response(response.status, response.reason, response.headers,
+                        response.read())
+    finally:
+        connection.close()
+
+
 def encode_multipart(fields, boundary=None):
     """multipart/form-data encoding of (name, value) pairs, written by hand.
 

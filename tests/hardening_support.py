@@ -4,9 +4,7 @@ Every test drives a real statelessd process over real HTTP against the
 real RabbitMQ on 127.0.0.1:5672.  Nothing is skipped: a missing tool
 fails the test that needs it, saying what to install.
 """
-import base64
 import contextlib
-import http.client
 import json
 import secrets
 import shutil
@@ -20,7 +18,8 @@ from pathlib import Path
 
 import pika
 import yaml
-from conftest import deep_merge, free_port
+from conftest import (basic_auth, deep_merge, free_port, port_is_open,
+                      request)
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -40,11 +39,6 @@ def require(tool, hint):
     if path is None:
         raise AssertionError('%s is not installed: %s' % (tool, hint))
     return path
-
-
-def basic_auth(user, password):
-    raw = ('%s:%s' % (user, password)).encode('utf-8')
-    return 'Basic ' + base64.b64encode(raw).decode('ascii')
 
 
 # -- the broker ---------------------------------------------------------------
@@ -172,7 +166,7 @@ class Statelessd:
                                      % (self.process.returncode,
                                         self.log_text()))
             if len(self.worker_pids()) == len(self.ports) and all(
-                    port_open(port) for port in self.ports):
+                    port_is_open(port) for port in self.ports):
                 return
             time.sleep(0.05)
         raise AssertionError('statelessd did not start:\n' + self.log_text())
@@ -236,41 +230,7 @@ def thread_count(pid):
     return len(list(Path('/proc/%d/task' % pid).glob('*')))
 
 
-def port_open(port):
-    with socket.socket() as sock:
-        sock.settimeout(1.0)
-        return sock.connect_ex(('127.0.0.1', port)) == 0
-
-
 # -- HTTP ---------------------------------------------------------------------
-
-class Response:
-    def __init__(self, status, headers, body):
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def json(self):
-        try:
-            return json.loads(self.body.decode('utf-8'))
-        except ValueError:
-            raise AssertionError('HTTP %s body is not JSON: %r'
-                                 % (self.status, self.body[:300]))
-
-    def __repr__(self):
-        return '<HTTP %s %r>' % (self.status, self.body[:300])
-
-
-def request(port, method, path, body=None, headers=None, timeout=30.0):
-    connection = http.client.HTTPConnection('127.0.0.1', port,
-                                            timeout=timeout)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return Response(response.status, response.headers, response.read())
-    finally:
-        connection.close()
-
 
 def publish(port, account, exchange, routing_key, fields, query=''):
     body = urlencode(fields)
@@ -503,7 +463,7 @@ stream {
              str(directory / 'nginx.conf')],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
-        while not port_open(self.port):
+        while not port_is_open(self.port):
             if self.process.poll() is not None or \
                     time.monotonic() > deadline:
                 raise AssertionError('nginx did not start: %s'

@@ -6,10 +6,8 @@ exchanges, queues, vhosts and users.  A tool the tests need and cannot
 find fails the test with a message naming what to install: nothing is
 ever skipped.
 """
-import base64
 import contextlib
-import http.client
-import json
+import functools
 import os
 import re
 import secrets
@@ -24,7 +22,8 @@ from pathlib import Path
 import pika
 import pytest
 import yaml
-from conftest import deep_merge, free_port
+from conftest import basic_auth, deep_merge, free_port
+from conftest import request as shared_request
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / 'statelessd.py'
@@ -76,39 +75,12 @@ def write_config(directory, document):
 
 # -- HTTP ----------------------------------------------------------------------
 
-class Response:
-    def __init__(self, status, headers, body):
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def json(self):
-        return json.loads(self.body)
-
-    def __repr__(self):
-        return '<HTTP %s %r>' % (self.status, self.body[:400])
-
-
-def request(port, method, path, body=None, headers=None, timeout=15.0,
-            host='127.0.0.1', source=None):
-    connection = http.client.HTTPConnection(
-        host, port, timeout=timeout,
-        source_address=(source, 0) if source else None)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return Response(response.status, response.headers, response.read())
-    finally:
-        connection.close()
+#: The operations tests give statelessd 15 s to answer, unless they say.
+request = functools.partial(shared_request, timeout=15.0)
 
 
 def get(port, path, **kwargs):
     return request(port, 'GET', path, **kwargs)
-
-
-def authorization(user, password):
-    return 'Basic ' + base64.b64encode(
-        ('%s:%s' % (user, password)).encode()).decode()
 
 
 def publish_path(vhost, exchange, routing_key):
@@ -119,7 +91,7 @@ def publish_path(vhost, exchange, routing_key):
 def publish(port, path, body, auth=GUEST, headers=None, **kwargs):
     """POST one message; returns the Response."""
     fields = urllib.parse.urlencode({'body': body})
-    all_headers = {'Authorization': authorization(*auth),
+    all_headers = {'Authorization': basic_auth(*auth),
                    'Content-Type': 'application/x-www-form-urlencoded'}
     all_headers.update(headers or {})
     return request(port, 'POST', path, fields, all_headers, **kwargs)

@@ -33,6 +33,7 @@ import signal
 import socket
 import ssl
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -158,6 +159,12 @@ class Config:
         # is refused again from memory, without a new broker connection.
         self.login_failure_ttl = number(rabbitmq, 'login_failure_ttl', 5.0,
                                         prefix)
+        # password_check_interval: seconds between checks that RabbitMQ
+        # still takes a connected publisher's password; once it does not
+        # (changed, user deleted), the connection closes and requests with
+        # that password are refused.
+        self.password_check_interval = number(
+            rabbitmq, 'password_check_interval', 300.0, prefix)
         # Application.spool: a directory where accepted messages wait for
         # their confirm, so that a killed worker's successor replays them.
         # With Daemon.user set, that user must be able to create and own it.
@@ -223,7 +230,9 @@ class Config:
             confirm_timeout=self.confirm_timeout,
             idle_timeout=self.idle_timeout, port=port,
             max_publishers=self.max_publishers,
-            login_failure_ttl=self.login_failure_ttl, tls=self.tls)
+            login_failure_ttl=self.login_failure_ttl,
+            password_check_interval=self.password_check_interval,
+            tls=self.tls)
 
 
 def load_config(path):
@@ -538,6 +547,23 @@ CONTROL_CHARACTERS = re.compile('[\x00-\x1f\x7f-\x9f]')
 
 def has_control_characters(value):
     return CONTROL_CHARACTERS.search(value) is not None
+
+
+#: RFC 9110 section 5.6.2: what a header name may be made of.
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: Control characters RFC 9110 section 5.5 keeps out of a header value.
+FIELD_CONTROL_CHARACTERS = re.compile('[\x00-\x08\x0a-\x1f\x7f]')
+#: RFC 9112 section 7.1: bare hex digits, optional extensions, CRLF.
+CHUNK_SIZE_LINE = re.compile(
+    rb'([0-9A-Fa-f]{1,16})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?\r\n\Z')
+
+
+def is_token(name):
+    return TOKEN.fullmatch(name) is not None
+
+
+def has_field_control_characters(value):
+    return FIELD_CONTROL_CHARACTERS.search(value) is not None
 
 
 def basic_credentials(header):
@@ -975,6 +1001,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         request_timeout to arrive in full."""
         config = self.worker.config
         self.status = None
+        self.headers = RequestHeaders()
+        self.unread_body = False
         self.watch.until(time.monotonic() + config.socket_timeout)
         try:
             begun = self.rfile.peek(1)
@@ -996,7 +1024,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
         self.requestline = str(self.raw_requestline,
                                'iso-8859-1').rstrip('\r\n')
-        words = self.requestline.split()
+        # Spaces only: str.split() would also split on bytes 0x85 and 0xA0,
+        # which are parts of raw UTF-8 characters in a path.
+        words = self.requestline.split(' ')
         if len(words) != 3:
             self.send_error(400, 'bad request line %r'
                             % printable(self.requestline[:100]))
@@ -1015,6 +1045,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except HTTPError as error:
             self.send_error(error.status, error.reason)
             return False
+        try:
+            self.framing = self.body_framing()
+        except HTTPError as error:
+            self.send_error(error.status, error.reason)
+            return False
+        self.unread_body = self.framing != 0
         connection = self.headers.get('Connection', '').lower()
         self.close_connection = (
             version == 'HTTP/1.0' and connection != 'keep-alive'
@@ -1035,11 +1071,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         headers = RequestHeaders()
         for line in lines:
             name, colon, value = line.partition(':')
-            if not colon or not name or name != name.strip() \
-                    or '\r' in value or '\n' in value:
+            if not colon or not is_token(name) or \
+                    has_field_control_characters(value):
                 raise HTTPError(400, 'malformed header line %r'
                                 % printable(line[:60]))
-            headers.add(name, value.strip())
+            headers.add(name, value.strip(' \t'))
         return headers
 
     def buffered_head(self, limit):
@@ -1115,7 +1151,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         except Exception:
             LOGGER.exception('Unexpected error handling %s %s', method,
-                             self.path.split('?')[0])
+                             printable(self.path.split('?')[0][:200]))
             self.send_json_error(HTTPError(500, 'statelessd failed to handle '
                                            'the request; see its log'))
         finally:
@@ -1134,7 +1170,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                 {'Allow': 'GET, HEAD'})
             if path in self.STATS_PAGES:
                 self.check_stats_access()
-            self.refuse_body()
             getattr(self, self.PAGES[path])()
             return
         if method in ('GET', 'HEAD') and path.startswith('/static/') \
@@ -1180,10 +1215,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def send_static(self, name):
         """A file below Application.paths.static, never one outside it."""
         root = os.path.realpath(self.worker.config.static)
-        path = os.path.realpath(os.path.join(
-            root, decode_segment(name, 'file name')))
-        if not path.startswith(root + os.sep) or not os.path.isfile(path):
-            raise HTTPError(404, 'no such static file: %s' % name)
+        relative = decode_segment(name, 'file name')
+        path = None if has_control_characters(relative) else \
+            os.path.realpath(os.path.join(root, relative))
+        if path is None or not path.startswith(root + os.sep) or \
+                not os.path.isfile(path):
+            raise HTTPError(404, 'no such static file: %s' % printable(name))
         with open(path, 'rb') as handle:
             body = handle.read()
         content_type = mimetypes.guess_type(path)[0] or \
@@ -1230,38 +1267,45 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if message.error is not None:
             raise message.error
 
-    def body_length(self):
-        """The Content-Length, None for a chunked body; 400 or 413 (before
-        any of the body is read) when it cannot be taken."""
-        coding = self.headers.get('Transfer-Encoding')
-        if coding is not None:
-            if coding.strip().lower() != 'chunked':
+    def body_framing(self):
+        """How the request's body is delimited (RFC 9112 section 6): its
+        length, or None for chunked.  Anything a proxy in front could read
+        differently is refused with 400, which closes the connection."""
+        codings = self.headers.get_all('Transfer-Encoding')
+        lengths = self.headers.get_all('Content-Length')
+        if codings is not None:
+            if self.request_version == 'HTTP/1.0':
+                raise HTTPError(400, 'Transfer-Encoding is not allowed in an '
+                                'HTTP/1.0 request')
+            if lengths is not None:
+                raise HTTPError(400, 'the request has both Transfer-Encoding '
+                                'and Content-Length')
+            coding = ','.join(codings)
+            if coding.strip(' \t').lower() != 'chunked':
                 raise HTTPError(400, 'Transfer-Encoding %r is not supported: '
                                 'send chunked or a Content-Length'
                                 % coding[:40])
             return None
-        lengths = set(value.strip() for value in
-                      self.headers.get_all('Content-Length', ['0']))
-        if len(lengths) != 1:
+        if lengths is None:
+            return 0
+        distinct = set(lengths)
+        if len(distinct) != 1:
             raise HTTPError(400, 'the request has conflicting '
                             'Content-Length headers')
-        length = lengths.pop()
+        length = distinct.pop()
         if not is_digits(length):
             raise HTTPError(400, 'Content-Length %r is not a number'
                             % length[:20])
-        length = int(length)
-        limit = self.worker.config.max_body_size
-        if length > limit:
-            raise HTTPError(413, 'the body of %d bytes exceeds the limit of '
-                            '%d bytes' % (length, limit))
-        return length
+        return int(length)
 
-    def refuse_body(self):
-        """Requests that take no body close their connection if they came
-        with one, rather than leave it to be read as the next request."""
-        if 'Transfer-Encoding' in self.headers or \
-                self.headers.get('Content-Length', '0').strip() != '0':
-            self.close_connection = True
+    def body_length(self):
+        """The Content-Length, None for a chunked body; 413 (before any of
+        the body is read) when it is over HTTPServer.max_body_size."""
+        limit = self.worker.config.max_body_size
+        if self.framing is not None and self.framing > limit:
+            raise HTTPError(413, 'the body of %d bytes exceeds the limit of '
+                            '%d bytes' % (self.framing, limit))
+        return self.framing
 
     def read_body(self):
         """The request body, within HTTPServer.max_body_size and
@@ -1274,6 +1318,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if len(body) != length:
                 raise self.incomplete('the body ended after %d of %d bytes'
                                       % (len(body), length))
+        self.unread_body = False
         self.watch.until(None)
         return body
 
@@ -1283,13 +1328,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             line = self.rfile.readline(1024)
             if not line.endswith(b'\n'):
                 raise self.incomplete('a chunk size line is truncated')
-            digits = line.split(b';')[0].strip()
-            if not (0 < len(digits) <= 16 and digits.isalnum()):
-                raise HTTPError(400, 'a chunk size is malformed')
-            try:
-                length = int(digits, 16)
-            except ValueError:
-                raise HTTPError(400, 'a chunk size is malformed') from None
+            match = CHUNK_SIZE_LINE.match(line)
+            if match is None:
+                raise HTTPError(400, 'a chunk size is malformed: %r'
+                                % printable(line[:40].decode('latin-1')))
+            length = int(match.group(1), 16)
             size += length
             if size > limit:
                 raise HTTPError(413, 'the body exceeds the limit of %d bytes'
@@ -1298,8 +1341,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.skip_trailers()
                 return b''.join(chunks)
             chunk = self.rfile.read(length)
-            if len(chunk) != length or \
-                    self.rfile.readline(3) not in (b'\r\n', b'\n'):
+            if len(chunk) != length or self.rfile.readline(3) != b'\r\n':
                 raise self.incomplete('a chunk is truncated')
             chunks.append(chunk)
 
@@ -1308,10 +1350,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         while True:
             line = self.rfile.readline(1024)
             size += len(line)
-            if line in (b'\r\n', b'\n'):
-                return
             if not line.endswith(b'\n'):
                 raise self.incomplete('the chunked body is truncated')
+            if not line.endswith(b'\r\n'):
+                raise HTTPError(400, 'a trailer line does not end in CRLF')
+            if line == b'\r\n':
+                return
             if size > self.worker.config.max_header_size:
                 raise HTTPError(431, 'the trailers exceed %d bytes'
                                 % self.worker.config.max_header_size)
@@ -1324,7 +1368,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return HTTPError(400, reason)
 
     def send_body(self, status, content_type=None, body=b'', headers=None):
-        """Write the whole response at once: one send, one GIL round."""
+        """Write the whole response at once: one send, one GIL round.
+
+        Whatever the route, a body left unread closes the connection (its
+        bytes must never be read as the next request), and so does any
+        5xx: after a failure the request's framing is no longer trusted.
+        """
+        if self.unread_body:
+            self.close_connection = True
+            self.linger = True
+        elif status >= 500:
+            self.close_connection = True
         self.status = status
         self.log_request(status)
         lines = ['%s %d %s' % (self.protocol_version, status,
@@ -1356,12 +1410,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return cached[1]
 
     def send_json_error(self, error):
-        """Errors are short JSON.  A request answered before its body was
-        read closes its connection, and lingers so the client reads the
-        answer rather than a reset."""
-        if error.status < 500 or error.status == 501:
-            self.close_connection = True
-            self.linger = True
+        """Errors are short JSON, and close the connection.  It lingers so
+        that a client still sending reads the answer rather than a reset."""
+        self.close_connection = True
+        self.linger = True
         body = json.dumps({'error': http.HTTPStatus(error.status).phrase,
                            'reason': error.reason[:300]}).encode()
         self.send_body(error.status, 'application/json', body, error.headers)
@@ -1389,38 +1441,55 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def check_stats_access(self):
         """HTTPServer.stats_allow decides who may read the figures."""
-        address = self.access_address()
-        if not any(address in network
-                   for network in self.worker.config.stats_allow):
+        address = self.client_ip()
+        if address is None:
+            raise HTTPError(403, 'statistics are not served when the proxy '
+                            'does not name one client address')
+        if not in_networks(address, self.worker.config.stats_allow):
             raise HTTPError(403, 'statistics are not served to %s' % address)
 
-    def access_address(self):
-        """The client's address for access checks.
+    def client_ip(self):
+        """The client's address for access checks; None when a trusted
+        proxy's X-Real-IP is not one valid address.
 
-        X-Real-IP counts only with xheaders on and only from a trusted
-        proxy, which must set it: any client can send the header, and
-        X-Forwarded-For's first entry is whatever the client put there.
+        Only with xheaders on and only from a trusted proxy does X-Real-IP
+        count, as one line: any client can send the header, and the proxy
+        must replace it.  X-Forwarded-For never counts here: a proxy that
+        passes on the client's own would let it name any address.
         """
-        address = ip_address(self.client_address[0])
-        real = self.headers.get('X-Real-IP')
-        if real is not None and self.worker.config.xheaders and any(
-                address in network
-                for network in self.worker.config.trusted_proxies):
-            try:
-                return ip_address(real.strip())
-            except ValueError:
-                raise HTTPError(403, 'X-Real-IP %r is not an IP address'
-                                % real[:60]) from None
-        return address
+        peer = ip_address(self.client_address[0])
+        if not self.from_trusted_proxy(peer):
+            return peer
+        real = self.headers.get_all('X-Real-IP')
+        if real is None:
+            return peer
+        return forwarded_ip(real[0]) if len(real) == 1 else None
+
+    def from_trusted_proxy(self, peer):
+        config = self.worker.config
+        return config.xheaders and in_networks(peer, config.trusted_proxies)
 
     def address_string(self):
-        if self.worker.config.xheaders:
-            forwarded = (self.headers.get('X-Real-IP') or
-                         self.headers.get('X-Forwarded-For', '')
-                         .split(',')[0]).strip()
-            if forwarded:
-                return forwarded
-        return self.client_address[0]
+        """The client for the log: an address a trusted proxy names, once it
+        parsed as one, else the peer's.  Without X-Real-IP, X-Forwarded-For
+        is read from the right, where proxies append what they saw, to the
+        first hop that is not itself a trusted proxy."""
+        if not self.worker.config.xheaders:
+            return self.client_address[0]
+        address = self.client_ip()
+        if address is not None and 'X-Real-IP' not in self.headers and \
+                self.from_trusted_proxy(address):
+            address = self.forwarded_for(address)
+        return str(address or self.client_address[0])
+
+    def forwarded_for(self, peer):
+        address = peer
+        hops = ','.join(self.headers.get_all('X-Forwarded-For', []))
+        for hop in reversed(hops.split(',') if hops else []):
+            address = forwarded_ip(hop)
+            if address is None or not self.from_trusted_proxy(address):
+                return address
+        return address
 
     def log_message(self, format, *args):
         LOGGER.debug('%s %s', self.address_string(), format % args)
@@ -1479,6 +1548,22 @@ def ip_address(text):
     if address.version == 6 and address.ipv4_mapped:
         return address.ipv4_mapped
     return address
+
+
+def forwarded_ip(text):
+    """The address a proxy header names, or None.  A zone (fe80::1%eth0)
+    is refused: ipaddress takes any characters there, escapes included."""
+    text = text.strip(' \t')
+    if '%' in text:
+        return None
+    try:
+        return ip_address(text)
+    except ValueError:
+        return None
+
+
+def in_networks(address, networks):
+    return any(address in network for network in networks)
 
 
 class RequestHeaders:
@@ -1978,22 +2063,32 @@ def report_started(pipe):
 
 
 def check_pidfile(path):
-    """Refuse to start while Daemon.pidfile names a running process."""
+    """Refuse to start while Daemon.pidfile names a running process.
+
+    The file is opened without following a symbolic link, and what it
+    holds is never logged: it is not ours until we have written it.
+    """
     if not path:
         return
     try:
-        with open(path) as handle:
-            text = handle.read().strip()
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return
     except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ConfigError('Daemon.pidfile: %s is a symbolic link; '
+                              'statelessd does not follow it' % path) \
+                from None
         raise ConfigError('Daemon.pidfile: cannot read %s: %s'
                           % (path, error.strerror)) from None
+    with os.fdopen(descriptor, 'rb') as handle:
+        text = handle.read(32).strip()
     if text.isdigit() and process_exists(int(text)):
         raise AlreadyRunning('already running as pid %s (Daemon.pidfile %s);'
-                             ' stop it first' % (text, path))
-    LOGGER.warning('Replacing stale pid file %s (pid %s is not running)',
-                   path, text or 'missing')
+                             ' stop it first' % (text.decode(), path))
+    LOGGER.warning('Replacing stale pid file %s (%s)', path,
+                   'pid %s is not running' % text.decode() if text.isdigit()
+                   else 'it holds no pid')
 
 
 def process_exists(pid):
@@ -2011,16 +2106,29 @@ def process_exists(pid):
 
 
 def write_pidfile(path):
-    """Write the pid file whole or not at all: write, then rename."""
-    if path:
-        partial = '%s.%d' % (path, os.getpid())
-        try:
-            with open(partial, 'w') as handle:
-                handle.write('%d\n' % os.getpid())
-            os.replace(partial, path)
-        except OSError as error:
-            raise ConfigError('Daemon.pidfile: cannot write %s: %s'
-                              % (path, error.strerror)) from None
+    """Write the pid file whole or not at all: write a new file of a name
+    nobody can have planted (mkstemp creates it, following no link), then
+    rename it over the pid file, which replaces a link rather than its
+    target."""
+    if not path:
+        return
+    directory, name = os.path.split(path)
+    try:
+        descriptor, partial = tempfile.mkstemp(prefix=name + '.',
+                                               dir=directory or '.')
+    except OSError as error:
+        raise ConfigError('Daemon.pidfile: cannot write %s: %s'
+                          % (path, error.strerror)) from None
+    try:
+        with os.fdopen(descriptor, 'w') as handle:
+            handle.write('%d\n' % os.getpid())
+        os.chmod(partial, 0o644)
+        os.replace(partial, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise ConfigError('Daemon.pidfile: cannot write %s: %s'
+                          % (path, error.strerror)) from None
 
 
 def remove_pidfile(path):

@@ -128,7 +128,8 @@ class Settings:
     def __init__(self, hosts, heartbeat=60, connect_timeout=5.0,
                  max_queue_size=10000, confirm_timeout=10.0,
                  idle_timeout=3600.0, port=0, max_publishers=1000,
-                 login_failure_ttl=5.0, tls=None):
+                 login_failure_ttl=5.0, password_check_interval=300.0,
+                 tls=None):
         self.hosts = list(hosts)
         self.heartbeat = heartbeat
         self.connect_timeout = connect_timeout
@@ -138,6 +139,7 @@ class Settings:
         self.port = port
         self.max_publishers = max_publishers
         self.login_failure_ttl = login_failure_ttl
+        self.password_check_interval = password_check_interval
         self.tls = tls
 
 
@@ -300,6 +302,9 @@ class Publisher(threading.Thread):
         self._wake_pending = False
         self._ready = threading.Event()
         self._stopping = threading.Event()
+        self._reconnect_now = threading.Event()
+        self._password_checked = time.monotonic()
+        self._password_check = None
         self._drain_deadline = 0.0
         self._closed = False
         self._closed_lock = threading.Lock()
@@ -307,6 +312,9 @@ class Publisher(threading.Thread):
         self._flow_waiters = 0
         self._last_used = time.monotonic()
         self.failure = None
+        #: Why RabbitMQ now refuses this vhost/user, or None: its requests
+        #: are refused while what it accepted waits for a valid login.
+        self.refusal = None
 
     # -- called from request threads -------------------------------------
 
@@ -328,9 +336,14 @@ class Publisher(threading.Thread):
                                    password_digest(self._salt, password))
 
     def rotate_password(self, password):
-        """Serve a password the broker has just accepted from now on."""
+        """Serve a password the broker has just accepted from now on, and
+        log in with it at once if the last login was refused."""
         self._password = password
         self._digest = password_digest(self._salt, password)
+        self._password_checked = time.monotonic()
+        if self.refusal is not None:
+            self.refusal = None
+            self._reconnect_now.set()
 
     @property
     def pending(self):
@@ -400,6 +413,7 @@ class Publisher(threading.Thread):
         """Ask the thread to finish; it flushes for up to drain_timeout."""
         self._drain_deadline = time.monotonic() + drain_timeout
         self._stopping.set()
+        self._reconnect_now.set()
         self._wake(force=True)
 
     def _wake(self, force=False):
@@ -438,11 +452,12 @@ class Publisher(threading.Thread):
                     self.failure = error
                     self._ready.set()
                     return
-                LOGGER.warning('%s:%s reconnect failed: %s', self.vhost,
-                               self.user, error.reason)
-                self._stopping.wait(backoff * random.uniform(0.5, 1.5))
+                self._reconnect_failed(error)
+                self._reconnect_now.wait(backoff * random.uniform(0.5, 1.5))
+                self._reconnect_now.clear()
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
+            self.refusal = None
             backoff = BACKOFF_FIRST
             self._ready.set()
             try:
@@ -451,6 +466,69 @@ class Publisher(threading.Thread):
                 LOGGER.warning('%s:%s lost its connection: %r', self.vhost,
                                self.user, error)
             self._disconnect()
+
+    def _reconnect_failed(self, error):
+        """A refused login stops the publisher accepting: a deleted user or
+        a changed password must not go on publishing as 204s.  What it
+        already accepted waits here for a login RabbitMQ takes."""
+        if not isinstance(error, (LoginRefused, AccessRefused)):
+            LOGGER.warning('%s:%s reconnect failed: %s', self.vhost,
+                           self.user, error.reason)
+            return
+        first = self.refusal is None
+        self.refusal = error
+        self._settle_waiting(error)
+        if first:
+            LOGGER.error('RabbitMQ refuses %s:%s: %s; its requests are '
+                         'refused, and %d accepted messages wait for a '
+                         'login RabbitMQ takes', self.vhost, self.user,
+                         error.reason, self.pending)
+
+    def _settle_waiting(self, error):
+        """Answer the requests that wait for an outcome with the refusal;
+        keep the messages that were answered 204, in order."""
+        held = list(self._retry)
+        self._retry.clear()
+        while True:
+            try:
+                held.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        for message in held:
+            if message.accepted:
+                self._retry.append(message)
+            else:
+                self._finish(message, error)
+
+    def _check_password_when_due(self):
+        """Ask RabbitMQ now and then whether it still takes the password:
+        it does not close a connection whose password changed.  The check
+        runs beside the publisher, which it must not stall."""
+        if time.monotonic() - self._password_checked < \
+                self.settings.password_check_interval or \
+                self._password_check is not None:
+            return
+        self._password_check = threading.Thread(
+            target=self._check_password, args=(self._password,),
+            name='password-check-%s:%s' % (self.vhost, self.user),
+            daemon=True)
+        self._password_check.start()
+
+    def _check_password(self, password):
+        try:
+            verify_login(self.settings, self.vhost, self.user, password)
+        except (LoginRefused, AccessRefused) as error:
+            if password == self._password:
+                LOGGER.error('RabbitMQ no longer takes the password of '
+                             '%s:%s (%s): closing its connection',
+                             self.vhost, self.user, error.reason)
+                self.refusal = error
+                self._wake(force=True)
+        except PublishError:
+            pass
+        finally:
+            self._password_checked = time.monotonic()
+            self._password_check = None
 
     def _connect(self):
         self._connection = open_connection(self.settings, self.vhost,
@@ -524,6 +602,9 @@ class Publisher(threading.Thread):
                 LOGGER.info('%s:%s idle for %ss, closing', self.vhost,
                             self.user, self.settings.idle_timeout)
                 return
+            if self.refusal is not None:
+                return
+            self._check_password_when_due()
             self._connection.process_data_events(
                 time_limit=self._poll_time(busy_at))
             if self._channel.is_closed:
@@ -1058,7 +1139,7 @@ class Registry:
         """
         publisher = self._publishers.get((vhost, user))
         if publisher is not None and not self._closed and \
-                publisher.connected_once and \
+                publisher.connected_once and publisher.refusal is None and \
                 publisher.password_matches(password):
             return publisher
         self._refusals.check(vhost, user, password)
@@ -1070,7 +1151,8 @@ class Registry:
 
     def _login(self, vhost, user, password):
         """A password other than the one the connection was opened with is a
-        new login: the broker decides, and a rotated password takes over."""
+        new login: the broker decides, and a rotated password takes over.
+        So is any password while the broker refuses the publisher's own."""
         for _ in range(3):
             publisher = self._running(vhost, user, password)
             try:
@@ -1080,7 +1162,8 @@ class Registry:
                 if publisher.password_matches(password):
                     raise
                 continue
-            if not publisher.password_matches(password):
+            if publisher.refusal is not None or \
+                    not publisher.password_matches(password):
                 verify_login(self.settings, vhost, user, password)
                 publisher.rotate_password(password)
             return publisher

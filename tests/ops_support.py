@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 from pathlib import Path
@@ -256,3 +257,84 @@ def sink(vhost='/', auth=GUEST):
         yield box
     finally:
         box.close()
+
+
+# -- nginx ---------------------------------------------------------------------
+
+NGINX_CONF = REPO / 'etc' / 'nginx.conf'
+
+
+def render(template, directory, listen, ports, workers=None):
+    """etc/nginx.conf with our ports, and logs and buffers in directory;
+    workers, when given, replaces worker_processes."""
+    servers = ''.join('        server 127.0.0.1:%d;\n' % port
+                      for port in ports)
+    text, count = re.subn(r'(?m)^        server 127\.0\.0\.1:\d+;\n', '',
+                          template)
+    assert count >= 1, 'etc/nginx.conf has no upstream server lines'
+    text = text.replace('    upstream statelessd {\n',
+                        '    upstream statelessd {\n' + servers, 1)
+    text, count = re.subn(r'(?m)^        listen 80;$',
+                          '        listen 127.0.0.1:%d;' % listen, text)
+    assert count == 1, 'etc/nginx.conf has no "listen 80;"'
+    paths = ''.join('    %s %s;\n' % (directive, directory / name)
+                    for directive, name in (
+                        ('access_log', 'access.log'),
+                        ('client_body_temp_path', 'body'),
+                        ('proxy_temp_path', 'proxy'),
+                        ('fastcgi_temp_path', 'fastcgi'),
+                        ('uwsgi_temp_path', 'uwsgi'),
+                        ('scgi_temp_path', 'scgi')))
+    if workers is not None:
+        text, count = re.subn(r'(?m)^worker_processes \w+;$',
+                              'worker_processes %d;' % workers, text)
+        assert count == 1, 'etc/nginx.conf has no worker_processes line'
+    return text.replace('http {\n', 'http {\n' + paths, 1)
+
+
+@contextlib.contextmanager
+def nginx(ports, workers=None):
+    """nginx on a free port in front of ports; yields the port.
+
+    Its files live in a directory of their own: nginx workers run as an
+    unprivileged user and cannot reach into pytest's private tmp_path.
+    """
+    binary = require_tool('nginx')
+    with tempfile.TemporaryDirectory(prefix='statelessd-nginx-') as name:
+        directory = Path(name)
+        directory.chmod(0o755)
+        with serving(binary, directory, ports, workers) as listen:
+            yield listen
+
+
+@contextlib.contextmanager
+def serving(binary, directory, ports, workers):
+    listen = free_port()
+    conf = directory / 'nginx.conf'
+    conf.write_text(render(NGINX_CONF.read_text(), directory, listen, ports,
+                           workers))
+    error_log = directory / 'error.log'
+    process = subprocess.Popen(
+        [binary, '-c', str(conf), '-p', str(directory), '-e', str(error_log),
+         '-g', 'daemon off; pid %s;' % (directory / 'nginx.pid')],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
+    try:
+        def answering():
+            if process.poll() is not None:
+                pytest.fail('nginx exited with %s: %s\n%s' % (
+                    process.returncode, process.stdout.read().decode(),
+                    error_log.read_text() if error_log.exists() else ''))
+            try:
+                return get(listen, '/health', timeout=2).status == 200
+            except OSError:
+                return False
+        assert settle(answering, timeout=15), 'nginx did not answer'
+        yield listen
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= statelessd.yaml
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 
-.PHONY: run test bench venv broker php nginx chromium tls-proxy pyz clean
+.PHONY: run test bench bench-scale wrk venv broker php nginx chromium tls-proxy pyz clean
 
 run: venv broker
 	$(PY) statelessd.py -c $(CONFIG) -f
@@ -18,6 +18,21 @@ test: venv broker php nginx chromium tls-proxy
 # management plugin. BENCH_SECONDS sets the seconds per row (default 10).
 bench: venv broker
 	$(PY) bench/run.py
+
+# Throughput as the ports grow, one wrk per port, then nginx in front, a
+# topic exchange and a paced row; SCALE_PORTS="1 2 4 8 12", SCALE_SECONDS.
+bench-scale: venv broker wrk nginx
+	$(PY) bench/scale.py
+
+wrk:
+	@if ! command -v wrk >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && $(APT_INSTALL) wrk; \
+	  else \
+	    echo "make bench-scale needs wrk: apt-get install wrk"; \
+	    exit 1; \
+	  fi; \
+	fi
 
 venv: $(VENV)/.installed
 

@@ -389,22 +389,41 @@ class Publisher(threading.Thread):
         and the surplus is answered 503.  Waiting here gives the publisher
         the GIL and the broker time, and turns overload into latency.  A
         publisher that is not connected is not waited for: its queue bound
-        answers for it.
+        answers for it.  Held requests go on oldest first, one for each
+        message confirmed or sent (see _release_waiters).
         """
-        high_water = min(FLOW_HIGH_WATER, self.settings.max_queue_size // 2)
+        high_water = self._high_water()
         if self._in_flight() < high_water:
             return
         deadline = time.monotonic() + self.settings.confirm_timeout
         with self._caught_up:
             self._flow_waiters += 1
             try:
-                while (self._in_flight() >= high_water // 2
+                while (self._in_flight() >= high_water
                        and self.stats.connected
                        and not self._stopping.is_set()
                        and time.monotonic() < deadline):
                     self._caught_up.wait(FLOW_CHECK)
             finally:
                 self._flow_waiters -= 1
+
+    def _high_water(self):
+        return min(FLOW_HIGH_WATER, self.settings.max_queue_size // 2)
+
+    def _release_waiters(self):
+        """Let as many held requests go as there is room, oldest first.
+
+        Releasing them all at once when the backlog had halved made the
+        wait a lottery: a broker slow to confirm (a contended topic
+        exchange) left some requests waiting round after round.  Condition
+        waiters are woken in the order they began to wait.
+        """
+        if not self._flow_waiters:
+            return
+        room = self._high_water() - self._in_flight()
+        if room > 0:
+            with self._caught_up:
+                self._caught_up.notify(room)
 
     def _in_flight(self):
         return self._queue.qsize() + len(self._outbox)
@@ -670,9 +689,7 @@ class Publisher(threading.Thread):
                 sent += 1
         finally:
             self._write_unsent()
-        if self._flow_waiters:
-            with self._caught_up:
-                self._caught_up.notify_all()
+        self._release_waiters()
         return sent > 0
 
     def _send(self, message):
@@ -784,6 +801,7 @@ class Publisher(threading.Thread):
             else:
                 self.stats.confirmed += 1
                 self._finish(message)
+        self._release_waiters()
 
     def _confirmed_messages(self, tag, multiple):
         """Pop what an ack or nack covers; the outbox is in tag order."""

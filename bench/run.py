@@ -401,9 +401,10 @@ class Broker:
 # -- statelessd -----------------------------------------------------------------
 
 class Statelessd:
-    """statelessd.py -f with one worker per port, WARNING logging."""
+    """statelessd.py -f with one worker per port, WARNING logging; server
+    holds HTTPServer settings to add."""
 
-    def __init__(self, directory, ports):
+    def __init__(self, directory, ports, server=None):
         self.ports = ports
         self.config = os.path.join(directory, 'statelessd.yaml')
         config = {
@@ -412,7 +413,8 @@ class Statelessd:
                 'host': AMQP_HOST, 'port': AMQP_PORT,
                 'confirm_timeout': 10, 'max_queue_size': 10000,
                 'shutdown_timeout': 5}},
-            'HTTPServer': {'address': '127.0.0.1', 'ports': ports},
+            'HTTPServer': dict(server or {}, address='127.0.0.1',
+                               ports=ports),
             'Logging': {
                 'version': 1,
                 'formatters': {'plain': {
@@ -630,15 +632,26 @@ Row = collections.namedtuple('Row', 'key name rate unit p50 p99 non2xx errors '
 UNITS = {'us': 0.001, 'ms': 1.0, 's': 1000.0, 'm': 60000.0}
 
 
-def wrk(url, script, body, seconds=None):
+def wrk(url, script, body, seconds=None, threads=THREADS,
+        connections=CONNECTIONS):
     """Run wrk; return a dict of its figures."""
+    process = start_wrk(url, script, body, seconds, threads, connections)
+    return wrk_figures(process, seconds or SECONDS)
+
+
+def start_wrk(url, script, body, seconds=None, threads=THREADS,
+              connections=CONNECTIONS):
     seconds = seconds or SECONDS
     env = dict(os.environ, BENCH_BODY=body, BENCH_AUTH=basic_auth(*GUEST))
-    args = ['wrk', '-t%d' % THREADS, '-c%d' % CONNECTIONS, '-d%ds' % seconds,
+    args = ['wrk', '-t%d' % threads, '-c%d' % connections, '-d%ds' % seconds,
             '--timeout', '10s', '--latency', '-s',
             os.path.join(BENCH, script), url]
-    process = spawn(args, env=env, stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE, text=True)
+    return spawn(args, env=env, stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE, text=True)
+
+
+def wrk_figures(process, seconds):
+    """Wait for a wrk started by start_wrk; return a dict of its figures."""
     try:
         out, err = process.communicate(timeout=seconds + 60)
     finally:

@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 CONFIG ?= statelessd.yaml
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 
-.PHONY: run test bench venv broker php nginx chromium tls-proxy pyz clean
+.PHONY: run test bench venv broker php nginx chromium tls-proxy pythons pyz clean
 
 run: venv broker
 	$(PY) statelessd.py -c $(CONFIG) -f
 
-test: venv broker php nginx chromium tls-proxy
+test: pythons venv broker php nginx chromium tls-proxy
 	$(PY) -m pytest tests
 
 # Throughput, latency and memory side by side with the alternatives; installs
@@ -26,6 +26,21 @@ $(VENV)/.installed: setup.py
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e . pytest hypothesis
 	touch $@
+
+# python_for(X.Y): pyenv's build of Python X.Y, else pythonX.Y on PATH.
+python_for = $(or $(lastword $(wildcard $(HOME)/.pyenv/versions/$(1).[0-9]*/bin/python$(1))),$(shell command -v python$(1)))
+
+# Every Python from 3.6 to 3.13: the single-file build runs on each
+# supported one and refuses 3.6 and 3.7 in one line.
+TEST_PYTHONS := 3.6 3.7 3.8 3.9 3.10 3.11 3.12 3.13
+pythons:
+	@missing="$(strip $(foreach version,$(TEST_PYTHONS),$(if $(call python_for,$(version)),,$(version))))"; \
+	if [ -n "$$missing" ]; then \
+	  echo "the tests run statelessd on every Python from 3.6 to 3.13; missing: $$missing"; \
+	  echo "install them with pyenv (https://github.com/pyenv/pyenv#installation): pyenv install $$missing"; \
+	  echo "or put pythonX.Y for each on PATH (deadsnakes PPA on Ubuntu, python3X packages on RHEL)"; \
+	  exit 1; \
+	fi
 
 # A RabbitMQ answering on localhost: start an installed one, or install it.
 broker:
@@ -95,7 +110,8 @@ chromium:
 	fi
 
 # dist/statelessd.pyz: statelessd with pika and pure-Python PyYAML in one
-# file that any Python 3.9+ runs: python3 statelessd.pyz -c FILE -f.
+# file that any Python 3.8+ runs: python3 statelessd.pyz -c FILE -f.  Its
+# pyz/__main__.py refuses older ones in one line.
 # PY=/path/to/python builds with an interpreter that has both already.
 PYZ_BUILD := build/pyz
 pyz: $(if $(filter command line,$(origin PY)),,venv)
@@ -106,8 +122,7 @@ pyz: $(if $(filter command line,$(origin PY)),,venv)
 	  | while read package; do cp -R "$$package" $(PYZ_BUILD)/; done
 	rm -f $(PYZ_BUILD)/yaml/_yaml*
 	find $(PYZ_BUILD) -name __pycache__ -prune -exec rm -rf {} +
-	printf 'import sys\n\nimport statelessd\n\nsys.exit(statelessd.main())\n' \
-	  > $(PYZ_BUILD)/__main__.py
+	cp pyz/__main__.py $(PYZ_BUILD)/
 	$(PY) -m zipapp $(PYZ_BUILD) --compress --python '/usr/bin/env python3' \
 	  --output dist/statelessd.pyz
 	@echo "built dist/statelessd.pyz"

@@ -10,8 +10,16 @@ APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 run: venv broker
 	$(PY) statelessd.py -c $(CONFIG) -f
 
-test: pythons venv broker php nginx chromium tls-proxy
+# The whole suite on the default Python, then the unit, publish and delivery
+# tests again on the oldest and newest supported ones.
+CORE_TESTS := tests/test_units.py tests/test_publish.py tests/test_delivery.py
+OLDEST := 3.8
+NEWEST := 3.13
+
+test: pythons venv .venv-$(OLDEST)/.installed .venv-$(NEWEST)/.installed broker php nginx chromium tls-proxy
 	$(PY) -m pytest tests
+	.venv-$(OLDEST)/bin/python -m pytest $(CORE_TESTS)
+	.venv-$(NEWEST)/bin/python -m pytest $(CORE_TESTS)
 
 # Throughput, latency and memory side by side with the alternatives; installs
 # wrk, PHP (curl, amqp) and nginx when missing and root, and enables RabbitMQ's
@@ -21,11 +29,20 @@ bench: venv broker
 
 venv: $(VENV)/.installed
 
+# make_venv(directory, python): statelessd and the test tools in a virtualenv.
+define make_venv
+$(2) -m venv $(1)
+$(1)/bin/pip install -q --upgrade pip
+$(1)/bin/pip install -q -e . pytest hypothesis
+touch $(1)/.installed
+endef
+
 $(VENV)/.installed: setup.py
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e . pytest hypothesis
-	touch $@
+	$(call make_venv,$(VENV),$(PYTHON))
+
+# .venv-3.8, .venv-3.13: the same on another Python, found as `pythons` does.
+.venv-%/.installed: setup.py | pythons
+	$(call make_venv,.venv-$*,$(call python_for,$*))
 
 # python_for(X.Y): pyenv's build of Python X.Y, else pythonX.Y on PATH.
 python_for = $(or $(lastword $(wildcard $(HOME)/.pyenv/versions/$(1).[0-9]*/bin/python$(1))),$(shell command -v python$(1)))

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= statelessd.yaml
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 
-.PHONY: run test bench venv broker php nginx chromium tls-proxy pythons pyz clean
+.PHONY: run test bench venv broker php nginx chromium tls-proxy pythons lintian pyz deb clean
 
 run: venv broker
 	$(PY) statelessd.py -c $(CONFIG) -f
@@ -16,7 +16,7 @@ CORE_TESTS := tests/test_units.py tests/test_publish.py tests/test_delivery.py
 OLDEST := 3.8
 NEWEST := 3.13
 
-test: pythons venv .venv-$(OLDEST)/.installed .venv-$(NEWEST)/.installed broker php nginx chromium tls-proxy
+test: pythons venv .venv-$(OLDEST)/.installed .venv-$(NEWEST)/.installed broker php nginx chromium tls-proxy lintian
 	$(PY) -m pytest tests
 	.venv-$(OLDEST)/bin/python -m pytest $(CORE_TESTS)
 	.venv-$(NEWEST)/bin/python -m pytest $(CORE_TESTS)
@@ -115,6 +115,17 @@ nginx:
 	  fi; \
 	fi
 
+# lintian, for the test that checks the Debian package.
+lintian:
+	@if ! command -v lintian >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && $(APT_INSTALL) lintian; \
+	  else \
+	    echo "the Debian package test needs lintian: apt-get install lintian"; \
+	    exit 1; \
+	  fi; \
+	fi
+
 # Headless Chromium, for the test that renders the dashboard.
 chromium:
 	@if ! command -v chromium >/dev/null 2>&1; then \
@@ -143,6 +154,38 @@ pyz: $(if $(filter command line,$(origin PY)),,venv)
 	$(PY) -m zipapp $(PYZ_BUILD) --compress --python '/usr/bin/env python3' \
 	  --output dist/statelessd.pyz
 	@echo "built dist/statelessd.pyz"
+
+# dist/statelessd_<version>_all.deb, for hosts that install only from their
+# own package mirror: the single-file build as /usr/bin/statelessd run by
+# the system's python3, deb/statelessd.yaml as a conffile, the systemd unit,
+# a manual page and the README (such hosts reach no web page), and a postinst
+# that creates the statelessd user and its 0700 spool.
+VERSION = $(shell sed -n "s/^__version__ = '\(.*\)'/\1/p" statelessd.py)
+DEB_BUILD := build/deb
+DEB_DOC := $(DEB_BUILD)/usr/share/doc/statelessd
+deb: pyz
+	rm -rf $(DEB_BUILD)
+	install -d $(DEB_BUILD)/DEBIAN $(DEB_BUILD)/usr/bin $(DEB_BUILD)/etc/statelessd \
+	  $(DEB_BUILD)/lib/systemd/system $(DEB_DOC) $(DEB_BUILD)/usr/share/man/man1
+	$(PY) -m zipapp $(PYZ_BUILD) --compress --python /usr/bin/python3 \
+	  --output $(DEB_BUILD)/usr/bin/statelessd
+	chmod 755 $(DEB_BUILD)/usr/bin/statelessd
+	install -m 644 deb/statelessd.yaml $(DEB_BUILD)/etc/statelessd/
+	grep -v '^#' etc/statelessd.service | sed -e '1{/^$$/d}' \
+	  -e 's|^ExecStart=.*|ExecStart=/usr/bin/statelessd -c /etc/statelessd/statelessd.yaml -f|' \
+	  -e '/^Description=/a Documentation=man:statelessd(1)' \
+	  > $(DEB_BUILD)/lib/systemd/system/statelessd.service
+	install -m 644 deb/copyright $(DEB_DOC)/
+	gzip -9n < deb/changelog > $(DEB_DOC)/changelog.gz
+	gzip -9n < README.md > $(DEB_DOC)/README.md.gz
+	gzip -9n < deb/statelessd.1 > $(DEB_BUILD)/usr/share/man/man1/statelessd.1.gz
+	install -m 644 deb/conffiles $(DEB_BUILD)/DEBIAN/
+	install -m 755 deb/postinst deb/postrm $(DEB_BUILD)/DEBIAN/
+	sed -e 's/@VERSION@/$(VERSION)/' \
+	  -e "s/@INSTALLED_SIZE@/$$(du -sk --exclude=DEBIAN $(DEB_BUILD) | cut -f1)/" \
+	  deb/control > $(DEB_BUILD)/DEBIAN/control
+	cd $(DEB_BUILD) && find etc lib usr -type f -exec md5sum {} + > DEBIAN/md5sums
+	dpkg-deb --root-owner-group -Zxz --build $(DEB_BUILD) dist/statelessd_$(VERSION)_all.deb
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -61,6 +61,26 @@ def require_python(version):
     return path
 
 
+#: The files make pyz reads.
+PYZ_SOURCES = ('Makefile', 'setup.py', 'statelessd.py', 'statelessd_amqp.py',
+               'statelessd_stats.py', 'pyz/__main__.py')
+
+
+def make_in_copy(target, sources, directory):
+    """Run `make target` in `directory`, holding copies of `sources` (paths
+    relative to the repository), so builds leave the checkout alone."""
+    make = require_tool('make')
+    for name in sources:
+        copy = Path(directory) / name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(str(REPO / name), str(copy))
+    result = subprocess.run([make, target, 'PY=%s' % PYTHON],
+                            cwd=str(directory), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return Path(directory) / 'dist'
+
+
 def config(ports, overrides=None):
     """A statelessd configuration for the local broker, logging to stderr."""
     document = {

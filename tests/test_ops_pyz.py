@@ -8,12 +8,8 @@ import zipfile
 
 import pytest
 
-from ops_support import (PYTHON, REPO, publish, require_python, require_tool,
-                         running, sink)
-
-#: The files make pyz reads.
-SOURCES = ('Makefile', 'setup.py', 'statelessd.py', 'statelessd_amqp.py',
-           'statelessd_stats.py', 'pyz/__main__.py')
+from ops_support import (PYZ_SOURCES, REPO, make_in_copy, publish,
+                         require_python, running, sink)
 
 #: The oldest Python statelessd runs on.
 FLOOR = '3.8'
@@ -24,23 +20,11 @@ SUPPORTED = ('3.8', '3.9', '3.10', '3.11', '3.12', '3.13')
 BELOW_FLOOR = ('3.6', '3.7')
 
 
-def copy_sources(names, destination):
-    for name in names:
-        target = destination / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(str(REPO / name), str(target))
-
-
 @pytest.fixture(scope='module')
 def pyz(tmp_path_factory):
     """dist/statelessd.pyz built by make in a copy of the sources."""
-    make = require_tool('make')
-    build = tmp_path_factory.mktemp('pyz')
-    copy_sources(SOURCES, build)
-    result = subprocess.run([make, 'pyz', 'PY=%s' % PYTHON], cwd=str(build),
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return build / 'dist' / 'statelessd.pyz'
+    dist = make_in_copy('pyz', PYZ_SOURCES, tmp_path_factory.mktemp('pyz'))
+    return dist / 'statelessd.pyz'
 
 
 def make_venv(python, directory, *options):
@@ -132,8 +116,10 @@ def test_pip_install_below_the_floor_is_refused(tmp_path):
     """python_requires turns pip away before it installs anything."""
     python = make_venv(require_python(BELOW_FLOOR[-1]), tmp_path / 'venv')
     source = tmp_path / 'source'
-    copy_sources(('setup.py', 'README.md', 'statelessd.py',
-                  'statelessd_amqp.py', 'statelessd_stats.py'), source)
+    source.mkdir()
+    for name in ('setup.py', 'README.md', 'statelessd.py',
+                 'statelessd_amqp.py', 'statelessd_stats.py'):
+        shutil.copy(str(REPO / name), str(source / name))
     result = subprocess.run([python, '-m', 'pip', 'install', '--no-index',
                              '--no-deps', '--no-build-isolation',
                              str(source)],

@@ -90,12 +90,14 @@ def use_free_ports(config):
 
 
 def test_the_deb_holds_the_pyz_and_depends_on_python3_alone(deb):
+    """...and is the file the README tells to copy."""
     fields = run('dpkg-deb', '--field', str(deb))
     assert 'Package: statelessd\n' in fields
     assert 'Version: %s\n' % VERSION in fields
     assert 'Architecture: all\n' in fields
     assert re.findall(r'^(?:Pre-)?Depends: (.*)$', fields, re.M) == [
         'python3 (>= 3.8)']
+    assert 'dist/%s' % deb.name in (REPO / 'README.md').read_text()
     contents = run('dpkg-deb', '--contents', str(deb))
     assert re.search(r'^-rwxr-xr-x root/root .* \./usr/bin/statelessd$',
                      contents, re.M), contents

@@ -185,7 +185,9 @@ deb: pyz
 	  -e "s/@INSTALLED_SIZE@/$$(du -sk --exclude=DEBIAN $(DEB_BUILD) | cut -f1)/" \
 	  deb/control > $(DEB_BUILD)/DEBIAN/control
 	cd $(DEB_BUILD) && find etc lib usr -type f -exec md5sum {} + > DEBIAN/md5sums
+	chmod 644 $(DEB_DOC)/* $(DEB_BUILD)/usr/share/man/man1/* \
+	  $(DEB_BUILD)/lib/systemd/system/* $(DEB_BUILD)/DEBIAN/control $(DEB_BUILD)/DEBIAN/md5sums
 	dpkg-deb --root-owner-group -Zxz --build $(DEB_BUILD) dist/statelessd_$(VERSION)_all.deb
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-* build dist *.egg-info .pytest_cache

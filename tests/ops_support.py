@@ -208,9 +208,10 @@ class Gateway:
 @contextlib.contextmanager
 def running(directory, ports=1, overrides=None, command=None,
             config_path=None):
-    """A started statelessd on `ports` free ports, stopped afterwards.
+    """A started statelessd, stopped afterwards.
 
-    ports may also be a list of the ports config_path names.
+    ports is a count of free ports to pick, or the list of ports that
+    config_path names.
     """
     if isinstance(ports, int):
         ports = [free_port() for _ in range(ports)]

@@ -5,13 +5,21 @@ PY := $(VENV)/bin/python
 CONFIG ?= statelessd.yaml
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 
-.PHONY: run test bench bench-scale wrk venv broker php nginx chromium tls-proxy pyz clean
+.PHONY: run test bench bench-scale wrk venv broker php nginx chromium tls-proxy pythons lintian pyz deb clean
 
 run: venv broker
 	$(PY) statelessd.py -c $(CONFIG) -f
 
-test: venv broker php nginx chromium tls-proxy
+# The whole suite on the default Python, then the unit, publish and delivery
+# tests again on the oldest and newest supported ones.
+CORE_TESTS := tests/test_units.py tests/test_publish.py tests/test_delivery.py
+OLDEST := 3.8
+NEWEST := 3.13
+
+test: pythons venv .venv-$(OLDEST)/.installed .venv-$(NEWEST)/.installed broker php nginx chromium tls-proxy lintian
 	$(PY) -m pytest tests
+	.venv-$(OLDEST)/bin/python -m pytest $(CORE_TESTS)
+	.venv-$(NEWEST)/bin/python -m pytest $(CORE_TESTS)
 
 # Throughput, latency and memory side by side with the alternatives; installs
 # wrk, PHP (curl, amqp) and nginx when missing and root, and enables RabbitMQ's
@@ -36,11 +44,35 @@ wrk:
 
 venv: $(VENV)/.installed
 
+# make_venv(directory, python): statelessd and the test tools in a virtualenv.
+define make_venv
+$(2) -m venv $(1)
+$(1)/bin/pip install -q --upgrade pip
+$(1)/bin/pip install -q -e . pytest hypothesis
+touch $(1)/.installed
+endef
+
 $(VENV)/.installed: setup.py
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e . pytest hypothesis
-	touch $@
+	$(call make_venv,$(VENV),$(PYTHON))
+
+# .venv-3.8, .venv-3.13: the same on another Python, found as `pythons` does.
+.venv-%/.installed: setup.py | pythons
+	$(call make_venv,.venv-$*,$(call python_for,$*))
+
+# python_for(X.Y): pyenv's build of Python X.Y, else pythonX.Y on PATH.
+python_for = $(or $(lastword $(wildcard $(HOME)/.pyenv/versions/$(1).[0-9]*/bin/python$(1))),$(shell command -v python$(1)))
+
+# Every Python from 3.6 to 3.13: the single-file build runs on each
+# supported one and refuses 3.6 and 3.7 in one line.
+TEST_PYTHONS := 3.6 3.7 3.8 3.9 3.10 3.11 3.12 3.13
+pythons:
+	@missing="$(strip $(foreach version,$(TEST_PYTHONS),$(if $(call python_for,$(version)),,$(version))))"; \
+	if [ -n "$$missing" ]; then \
+	  echo "the tests run statelessd on every Python from 3.6 to 3.13; missing: $$missing"; \
+	  echo "install them with pyenv (https://github.com/pyenv/pyenv#installation): pyenv install $$missing"; \
+	  echo "or put pythonX.Y for each on PATH (deadsnakes PPA on Ubuntu, python3X packages on RHEL)"; \
+	  exit 1; \
+	fi
 
 # A RabbitMQ answering on localhost: start an installed one, or install it.
 broker:
@@ -98,6 +130,17 @@ nginx:
 	  fi; \
 	fi
 
+# lintian, for the test that checks the Debian package.
+lintian:
+	@if ! command -v lintian >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && $(APT_INSTALL) lintian; \
+	  else \
+	    echo "the Debian package test needs lintian: apt-get install lintian"; \
+	    exit 1; \
+	  fi; \
+	fi
+
 # Headless Chromium, for the test that renders the dashboard.
 chromium:
 	@if ! command -v chromium >/dev/null 2>&1; then \
@@ -110,7 +153,8 @@ chromium:
 	fi
 
 # dist/statelessd.pyz: statelessd with pika and pure-Python PyYAML in one
-# file that any Python 3.9+ runs: python3 statelessd.pyz -c FILE -f.
+# file that any Python 3.8+ runs: python3 statelessd.pyz -c FILE -f.  Its
+# pyz/__main__.py refuses older ones in one line.
 # PY=/path/to/python builds with an interpreter that has both already.
 PYZ_BUILD := build/pyz
 pyz: $(if $(filter command line,$(origin PY)),,venv)
@@ -121,11 +165,44 @@ pyz: $(if $(filter command line,$(origin PY)),,venv)
 	  | while read package; do cp -R "$$package" $(PYZ_BUILD)/; done
 	rm -f $(PYZ_BUILD)/yaml/_yaml*
 	find $(PYZ_BUILD) -name __pycache__ -prune -exec rm -rf {} +
-	printf 'import sys\n\nimport statelessd\n\nsys.exit(statelessd.main())\n' \
-	  > $(PYZ_BUILD)/__main__.py
+	cp pyz/__main__.py $(PYZ_BUILD)/
 	$(PY) -m zipapp $(PYZ_BUILD) --compress --python '/usr/bin/env python3' \
 	  --output dist/statelessd.pyz
 	@echo "built dist/statelessd.pyz"
 
+# dist/statelessd_<version>_all.deb, for hosts that install only from their
+# own package mirror: the single-file build as /usr/bin/statelessd run by
+# the system's python3, deb/statelessd.yaml as a conffile, the systemd unit,
+# a manual page and the README (such hosts reach no web page), and a postinst
+# that creates the statelessd user and its 0700 spool.
+VERSION = $(shell sed -n "s/^__version__ = '\(.*\)'/\1/p" statelessd.py)
+DEB_BUILD := build/deb
+DEB_DOC := $(DEB_BUILD)/usr/share/doc/statelessd
+deb: pyz
+	rm -rf $(DEB_BUILD)
+	install -d $(DEB_BUILD)/DEBIAN $(DEB_BUILD)/usr/bin $(DEB_BUILD)/etc/statelessd \
+	  $(DEB_BUILD)/lib/systemd/system $(DEB_DOC) $(DEB_BUILD)/usr/share/man/man1
+	$(PY) -m zipapp $(PYZ_BUILD) --compress --python /usr/bin/python3 \
+	  --output $(DEB_BUILD)/usr/bin/statelessd
+	chmod 755 $(DEB_BUILD)/usr/bin/statelessd
+	install -m 644 deb/statelessd.yaml $(DEB_BUILD)/etc/statelessd/
+	grep -v '^#' etc/statelessd.service | sed -e '1{/^$$/d}' \
+	  -e 's|^ExecStart=.*|ExecStart=/usr/bin/statelessd -c /etc/statelessd/statelessd.yaml -f|' \
+	  -e '/^Description=/a Documentation=man:statelessd(1)' \
+	  > $(DEB_BUILD)/lib/systemd/system/statelessd.service
+	install -m 644 deb/copyright $(DEB_DOC)/
+	gzip -9n < deb/changelog > $(DEB_DOC)/changelog.gz
+	gzip -9n < README.md > $(DEB_DOC)/README.md.gz
+	gzip -9n < deb/statelessd.1 > $(DEB_BUILD)/usr/share/man/man1/statelessd.1.gz
+	install -m 644 deb/conffiles $(DEB_BUILD)/DEBIAN/
+	install -m 755 deb/postinst deb/postrm $(DEB_BUILD)/DEBIAN/
+	sed -e 's/@VERSION@/$(VERSION)/' \
+	  -e "s/@INSTALLED_SIZE@/$$(du -sk --exclude=DEBIAN $(DEB_BUILD) | cut -f1)/" \
+	  deb/control > $(DEB_BUILD)/DEBIAN/control
+	cd $(DEB_BUILD) && find etc lib usr -type f -exec md5sum {} + > DEBIAN/md5sums
+	chmod 644 $(DEB_DOC)/* $(DEB_BUILD)/usr/share/man/man1/* \
+	  $(DEB_BUILD)/lib/systemd/system/* $(DEB_BUILD)/DEBIAN/control $(DEB_BUILD)/DEBIAN/md5sums
+	dpkg-deb --root-owner-group -Zxz --build $(DEB_BUILD) dist/statelessd_$(VERSION)_all.deb
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-* build dist *.egg-info .pytest_cache

@@ -47,6 +47,41 @@ def require_tool(name, package=None):
     return path
 
 
+def require_python(version):
+    """The path of Python `version` ('3.8'), or a failed test.
+
+    pyenv's build under ~/.pyenv/versions comes first, as in the Makefile,
+    then pythonX.Y on PATH.
+    """
+    builds = sorted(Path.home().glob('.pyenv/versions/%s.[0-9]*/bin/python%s'
+                                     % (version, version)))
+    path = str(builds[-1]) if builds else shutil.which('python' + version)
+    if path is None:
+        pytest.fail('Python %s is not installed: "make pythons" says how to '
+                    'get it' % version)
+    return path
+
+
+#: The files make pyz reads.
+PYZ_SOURCES = ('Makefile', 'setup.py', 'statelessd.py', 'statelessd_amqp.py',
+               'statelessd_stats.py', 'pyz/__main__.py')
+
+
+def make_in_copy(target, sources, directory):
+    """Run `make target` in `directory`, holding copies of `sources` (paths
+    relative to the repository), so builds leave the checkout alone."""
+    make = require_tool('make')
+    for name in sources:
+        copy = Path(directory) / name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(str(REPO / name), str(copy))
+    result = subprocess.run([make, target, 'PY=%s' % PYTHON],
+                            cwd=str(directory), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return Path(directory) / 'dist'
+
+
 def config(ports, overrides=None):
     """A statelessd configuration for the local broker, logging to stderr."""
     document = {
@@ -101,13 +136,16 @@ def publish(port, path, body, auth=GUEST, headers=None, **kwargs):
 # -- statelessd ------------------------------------------------------------------
 
 class Gateway:
-    """A statelessd master started from a configuration document."""
+    """A statelessd master started from a configuration document, or from
+    a configuration file of its own (config_path) serving `ports`."""
 
-    def __init__(self, directory, ports, overrides=None, command=None):
+    def __init__(self, directory, ports, overrides=None, command=None,
+                 config_path=None):
         self.directory = Path(directory)
         self.ports = list(ports)
         self.document = config(self.ports, overrides)
-        self.config_path = write_config(directory, self.document)
+        self.config_path = config_path or write_config(directory,
+                                                       self.document)
         self.log_path = self.directory / ('statelessd-%s.log'
                                           % secrets.token_hex(4))
         self.command = command or [PYTHON, str(SCRIPT)]
@@ -169,10 +207,16 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def running(directory, ports=1, overrides=None, command=None):
-    """A started statelessd on `ports` free ports, stopped afterwards."""
-    gateway = Gateway(directory, [free_port() for _ in range(ports)],
-                      overrides, command)
+def running(directory, ports=1, overrides=None, command=None,
+            config_path=None):
+    """A started statelessd, stopped afterwards.
+
+    ports is a count of free ports to pick, or the list of ports that
+    config_path names.
+    """
+    if isinstance(ports, int):
+        ports = [free_port() for _ in range(ports)]
+    gateway = Gateway(directory, ports, overrides, command, config_path)
     try:
         yield gateway.start()
         status = gateway.stop()

@@ -60,6 +60,9 @@ import pika
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 RESULTS = os.path.join(BENCH, 'results.md')
+#: The line in bench/results.md after which the notes written by hand (the
+#: scaling runs, the soak, profiles) start: a new report keeps them.
+NOTES_MARKER = '<!-- Notes below are kept when make bench rewrites the report above. -->\n'
 
 
 def env_int(name, default, minimum=1):
@@ -1243,6 +1246,15 @@ one core (100% is one core busy throughout).
 """
 
 
+def write_results(text):
+    notes = ''
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as f:
+            notes = f.read().partition(NOTES_MARKER)[2]
+    with open(RESULTS, 'w') as f:
+        f.write(text.rstrip('\n') + '\n\n' + NOTES_MARKER + notes)
+
+
 def machine_info(bench, started):
     cpu = '?'
     try:
@@ -1300,8 +1312,7 @@ def main():
     if status:
         return status
     text, table, target_lines, rss = report(bench, started)
-    with open(RESULTS, 'w') as f:
-        f.write(text)
+    write_results(text)
     print()
     print(table)
     print()

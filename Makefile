@@ -154,7 +154,7 @@ chromium:
 
 # dist/statelessd.pyz: statelessd with pika and pure-Python PyYAML in one
 # file that any Python 3.8+ runs: python3 statelessd.pyz -c FILE -f.  Its
-# pyz/__main__.py refuses older ones in one line.
+# etc/pyz_main.py, the archive's __main__.py, refuses older ones in one line.
 # PY=/path/to/python builds with an interpreter that has both already.
 PYZ_BUILD := build/pyz
 pyz: $(if $(filter command line,$(origin PY)),,venv)
@@ -165,14 +165,14 @@ pyz: $(if $(filter command line,$(origin PY)),,venv)
 	  | while read package; do cp -R "$$package" $(PYZ_BUILD)/; done
 	rm -f $(PYZ_BUILD)/yaml/_yaml*
 	find $(PYZ_BUILD) -name __pycache__ -prune -exec rm -rf {} +
-	cp pyz/__main__.py $(PYZ_BUILD)/
+	cp etc/pyz_main.py $(PYZ_BUILD)/__main__.py
 	$(PY) -m zipapp $(PYZ_BUILD) --compress --python '/usr/bin/env python3' \
 	  --output dist/statelessd.pyz
 	@echo "built dist/statelessd.pyz"
 
 # dist/statelessd_<version>_all.deb, for hosts that install only from their
 # own package mirror: the single-file build as /usr/bin/statelessd run by
-# the system's python3, deb/statelessd.yaml as a conffile, the systemd unit,
+# the system's python3, etc/deb/statelessd.yaml as a conffile, the systemd unit,
 # a manual page and the README (such hosts reach no web page), and a postinst
 # that creates the statelessd user and its 0700 spool.
 VERSION = $(shell sed -n "s/^__version__ = '\(.*\)'/\1/p" statelessd.py)
@@ -185,20 +185,20 @@ deb: pyz
 	$(PY) -m zipapp $(PYZ_BUILD) --compress --python /usr/bin/python3 \
 	  --output $(DEB_BUILD)/usr/bin/statelessd
 	chmod 755 $(DEB_BUILD)/usr/bin/statelessd
-	install -m 644 deb/statelessd.yaml $(DEB_BUILD)/etc/statelessd/
+	install -m 644 etc/deb/statelessd.yaml $(DEB_BUILD)/etc/statelessd/
 	grep -v '^#' etc/statelessd.service | sed -e '1{/^$$/d}' \
 	  -e 's|^ExecStart=.*|ExecStart=/usr/bin/statelessd -c /etc/statelessd/statelessd.yaml -f|' \
 	  -e '/^Description=/a Documentation=man:statelessd(1)' \
 	  > $(DEB_BUILD)/lib/systemd/system/statelessd.service
-	install -m 644 deb/copyright $(DEB_DOC)/
-	gzip -9n < deb/changelog > $(DEB_DOC)/changelog.gz
+	install -m 644 etc/deb/copyright $(DEB_DOC)/
+	gzip -9n < etc/deb/changelog > $(DEB_DOC)/changelog.gz
 	gzip -9n < README.md > $(DEB_DOC)/README.md.gz
-	gzip -9n < deb/statelessd.1 > $(DEB_BUILD)/usr/share/man/man1/statelessd.1.gz
-	install -m 644 deb/conffiles $(DEB_BUILD)/DEBIAN/
-	install -m 755 deb/postinst deb/postrm $(DEB_BUILD)/DEBIAN/
+	gzip -9n < etc/deb/statelessd.1 > $(DEB_BUILD)/usr/share/man/man1/statelessd.1.gz
+	install -m 644 etc/deb/conffiles $(DEB_BUILD)/DEBIAN/
+	install -m 755 etc/deb/postinst etc/deb/postrm $(DEB_BUILD)/DEBIAN/
 	sed -e 's/@VERSION@/$(VERSION)/' \
 	  -e "s/@INSTALLED_SIZE@/$$(du -sk --exclude=DEBIAN $(DEB_BUILD) | cut -f1)/" \
-	  deb/control > $(DEB_BUILD)/DEBIAN/control
+	  etc/deb/control > $(DEB_BUILD)/DEBIAN/control
 	cd $(DEB_BUILD) && find etc lib usr -type f -exec md5sum {} + > DEBIAN/md5sums
 	chmod 644 $(DEB_DOC)/* $(DEB_BUILD)/usr/share/man/man1/* \
 	  $(DEB_BUILD)/lib/systemd/system/* $(DEB_BUILD)/DEBIAN/control $(DEB_BUILD)/DEBIAN/md5sums

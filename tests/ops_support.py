@@ -64,7 +64,7 @@ def require_python(version):
 
 #: The files make pyz reads.
 PYZ_SOURCES = ('Makefile', 'setup.py', 'statelessd.py', 'statelessd_amqp.py',
-               'statelessd_stats.py', 'pyz/__main__.py')
+               'statelessd_stats.py', 'etc/pyz_main.py')
 
 
 def make_in_copy(target, sources, directory):

@@ -14,10 +14,10 @@ from ops_support import (PYZ_SOURCES, REPO, free_port, make_in_copy, publish,
                          require_tool, running, sink)
 
 #: The files make deb reads besides those of make pyz.
-SOURCES = PYZ_SOURCES + ('README.md', 'etc/statelessd.service',
-                         'deb/control', 'deb/conffiles', 'deb/postinst',
-                         'deb/postrm', 'deb/copyright', 'deb/changelog',
-                         'deb/statelessd.1', 'deb/statelessd.yaml')
+SOURCES = PYZ_SOURCES + ('README.md', 'etc/statelessd.service') + tuple(
+    'etc/deb/' + name for name in (
+        'control', 'conffiles', 'postinst', 'postrm', 'copyright',
+        'changelog', 'statelessd.1', 'statelessd.yaml'))
 VERSION = re.search(r"^__version__ = '([^']+)'",
                     (REPO / 'statelessd.py').read_text(), re.M).group(1)
 BINARY = Path('/usr/bin/statelessd')

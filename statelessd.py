@@ -813,6 +813,7 @@ ERROR_STATUS = {
     statelessd_amqp.QueueFull: 503,
     statelessd_amqp.TooManyPublishers: 503,
     statelessd_amqp.Nacked: 503,
+    statelessd_amqp.Blocked: 503,
     statelessd_amqp.SpoolFailed: 503,
     statelessd_amqp.ConfirmTimeout: 504,
 }
@@ -894,18 +895,26 @@ class Worker:
         document['up'] = True
         return document
 
-    def health_problem(self):
-        """Why this worker cannot publish now, or None when it can.
+    def health(self):
+        """Why this worker cannot publish now (None when it can), and the
+        RabbitMQ nodes its publishers are connected to.
 
         A connected publisher proves the broker reachable; without one, a
-        TCP connect to the configured RabbitMQ nodes must succeed.
+        TCP connect to the configured RabbitMQ nodes must succeed.  A
+        resource alarm blocks every publisher of the cluster, so one
+        blocked publisher makes the worker unhealthy.
         """
+        publishers = self.registry.report().values()
+        nodes = sorted({c['node'] for c in publishers if c['node']})
         if self.stopping:
-            return 'the worker is shutting down'
-        if any(counters['connected']
-               for counters in self.registry.report().values()):
-            return None
-        return broker_unreachable(self.config.broker_hosts)
+            return 'the worker is shutting down', nodes
+        for counters in publishers:
+            if counters['blocked']:
+                return ('RabbitMQ blocks publishing (%s)'
+                        % counters['blocked_by'], nodes)
+        if nodes:
+            return None, nodes
+        return broker_unreachable(self.config.broker_hosts), nodes
 
 
 def sibling_stats(address, port):
@@ -950,7 +959,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
              '/stats/all': 'send_all_stats', '/metrics': 'send_metrics',
              '/health': 'send_health'}
     #: The pages HTTPServer.stats_allow guards: they name every vhost/user
-    #: publishing through the worker.  /health says only up or down.
+    #: publishing through the worker.  /health says only up or down, and
+    #: which RabbitMQ nodes the worker is connected to.
     STATS_PAGES = ('/', '/stats', '/stats/all', '/metrics')
 
     server_version = 'statelessd/' + __version__
@@ -1167,14 +1177,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
                        text.encode('utf-8'))
 
     def send_health(self):
-        """200 while this worker can publish, 503 (one JSON line) if not."""
-        problem = self.worker.health_problem()
+        """200 while this worker can publish, 503 (one JSON line) if not;
+        either names the RabbitMQ nodes the worker is connected to."""
+        problem, nodes = self.worker.health()
         if problem is None:
-            self.send_json(200, {'status': 'ok', 'port': self.worker.port})
+            self.send_json(200, {'status': 'ok', 'port': self.worker.port,
+                                 'nodes': nodes})
         else:
             self.send_json(503, {'status': 'unavailable',
                                  'port': self.worker.port,
-                                 'reason': problem},
+                                 'reason': problem, 'nodes': nodes},
                            {'Retry-After': str(RETRY_AFTER)})
 
     def send_static(self, name):

@@ -186,6 +186,35 @@ def test_confirm_mode_answers_from_the_broker(statelessd, amqp_root):
     channel.exchange_delete(exchange)
 
 
+def test_nacked_messages_answered_204_wait_for_room(statelessd, amqp_root):
+    """A queue that rejects publishes nacks; what was answered 204 is
+    published again, on fresh channels, until the queue takes it."""
+    channel = amqp_root.channel
+    exchange = unique('statelessd.nack.')
+    channel.exchange_declare(exchange, 'direct')
+    full = unique('statelessd.full.')
+    channel.queue_declare(full, arguments={'x-max-length': 1,
+                                           'x-overflow': 'reject-publish'})
+    channel.queue_bind(full, exchange, 'k')
+    server = statelessd(1)
+    http = Http()
+    path = '/%%2f/%s/k' % exchange
+    ids = ['first'] + ['held-%d' % n for n in range(5)]
+    for message_id in ids:
+        assert http.post(server.port, path,
+                         {'message_id': message_id}).status == 204
+    wait_until(lambda: stats(server.port)['connections']['/:guest']
+               ['nacked'] >= 5, 10, 'the full queue nacked nothing')
+    missing = set(ids) - arrived_ids(channel, full, ids, 60)
+    assert not missing, 'never delivered: %s' % sorted(missing)
+    wait_until(lambda: drained(server.port), 10, 'not drained')
+    counters = stats(server.port)['connections']['/:guest']
+    assert counters['channels']['closed'] >= 1, counters
+    assert 'publishing it again on fresh channels' in server.log()
+    channel.queue_delete(full)
+    channel.exchange_delete(exchange)
+
+
 def test_confirm_default_from_configuration(statelessd, amqp_root):
     channel = amqp_root.channel
     exchange = unique('statelessd.confirm.')

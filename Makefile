@@ -2,16 +2,21 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# The oldest pika setup.py allows: the delivery, pika and cluster tests run
+# against it too, in a virtual environment of its own.
+PIKA_OLDEST := 1.2.1
+OLDEST_VENV := .venv-pika-$(PIKA_OLDEST)
 CONFIG ?= statelessd.yaml
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 
-.PHONY: run test bench venv broker php nginx chromium tls-proxy pyz clean
+.PHONY: run test bench venv oldest-pika-venv broker php nginx chromium tls-proxy pyz clean
 
 run: venv broker
 	$(PY) statelessd.py -c $(CONFIG) -f
 
-test: venv broker php nginx chromium tls-proxy
+test: venv oldest-pika-venv broker php nginx chromium tls-proxy
 	$(PY) -m pytest tests
+	$(OLDEST_VENV)/bin/python -m pytest tests/test_delivery.py tests/test_pika.py tests/test_cluster.py
 
 # Throughput, latency and memory side by side with the alternatives; installs
 # wrk, PHP (curl, amqp) and nginx when missing and root, and enables RabbitMQ's
@@ -25,6 +30,14 @@ $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e . pytest hypothesis
+	touch $@
+
+oldest-pika-venv: $(OLDEST_VENV)/.installed
+
+$(OLDEST_VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/pip install -q --upgrade pip
+	$(OLDEST_VENV)/bin/pip install -q -e . pika==$(PIKA_OLDEST) pytest
 	touch $@
 
 # A RabbitMQ answering on localhost: start an installed one, or install it.
@@ -113,4 +126,4 @@ pyz: $(if $(filter command line,$(origin PY)),,venv)
 	@echo "built dist/statelessd.pyz"
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) $(OLDEST_VENV) build dist *.egg-info .pytest_cache

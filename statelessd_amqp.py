@@ -356,6 +356,11 @@ class Wire:
         self._output([data])
 
 
+def blocked_error(reason):
+    return Blocked('RabbitMQ blocks publishing (%s); statelessd waits for '
+                   'the alarm to clear' % reason)
+
+
 class PublisherClosed(Exception):
     """The publisher went idle and closed; ask the registry for a new one."""
 
@@ -456,8 +461,9 @@ class Publisher(threading.Thread):
         refused at once.
         """
         waits = confirm or message.exchange not in self._known_exchanges
-        if self.blocked_by is not None and waits and message.spool_id is None:
-            raise self._blocked_error()
+        blocked_by = self.blocked_by
+        if blocked_by is not None and waits and message.spool_id is None:
+            raise blocked_error(blocked_by)
         if self.pending >= self.settings.max_queue_size:
             raise QueueFull('%s:%s holds %d messages, its limit'
                             % (self.vhost, self.user, self.pending))
@@ -504,10 +510,6 @@ class Publisher(threading.Thread):
 
     def _in_flight(self):
         return self._queue.qsize() + len(self._outbox)
-
-    def _blocked_error(self):
-        return Blocked('RabbitMQ blocks publishing (%s); statelessd waits '
-                       'for the alarm to clear' % self.blocked_by)
 
     def stop(self, drain_timeout=0.0):
         """Ask the thread to finish; it flushes for up to drain_timeout."""
@@ -662,7 +664,7 @@ class Publisher(threading.Thread):
         self.blocked_by = getattr(frame.method, 'reason', '') or 'an alarm'
         LOGGER.warning('%s:%s blocked by RabbitMQ: %s', self.vhost,
                        self.user, self.blocked_by)
-        error = self._blocked_error()
+        error = blocked_error(self.blocked_by)
         for message in self._held_messages():
             if not message.accepted:
                 message.abandoned = True

@@ -141,10 +141,13 @@ def check_delivered(server, cluster, name, load, scenario):
     accepted = load.accepted()
     lost = accepted - set(received)
     statuses = load.statuses()
+    counters = publisher(server)
     counts = {'accepted': len(accepted), 'received': len(received),
               'duplicates': len(received) - len(set(received)),
               'lost': len(lost),
-              'refused': sum(1 for status in statuses if status != 204)}
+              'refused': sum(1 for status in statuses if status != 204),
+              'nacked': counters['nacked'],
+              'republished': counters['republished']}
     print('%s: %s' % (scenario, counts))
     assert len(accepted) > 100, counts
     assert not lost, 'lost %d: %s' % (len(lost), sorted(lost)[:20])

@@ -9,7 +9,7 @@ OLDEST_VENV := .venv-pika-$(PIKA_OLDEST)
 CONFIG ?= statelessd.yaml
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 
-.PHONY: run test bench venv oldest-pika-venv broker php nginx chromium tls-proxy pyz clean
+.PHONY: run test soak bench venv oldest-pika-venv broker php nginx chromium tls-proxy pyz clean
 
 run: venv broker
 	$(PY) statelessd.py -c $(CONFIG) -f
@@ -17,6 +17,13 @@ run: venv broker
 test: venv oldest-pika-venv broker php nginx chromium tls-proxy
 	$(PY) -m pytest tests
 	$(OLDEST_VENV)/bin/python -m pytest tests/test_delivery.py tests/test_pika.py tests/test_cluster.py
+
+# A long run against a private RabbitMQ node, outside CI: mixed load, wrong
+# passwords, vhost/user pairs coming and going, one broker restart; prints
+# a table of each worker's memory, threads, descriptors and connections.
+SOAK_MINUTES ?= 15
+soak: venv broker
+	$(PY) tests/soak.py $(SOAK_MINUTES)
 
 # Throughput, latency and memory side by side with the alternatives; installs
 # wrk, PHP (curl, amqp) and nginx when missing and root, and enables RabbitMQ's

@@ -1287,8 +1287,9 @@ def main():
     if status:
         return status
     text, table, target_lines, rss = report(bench, started)
+    soak = soak_section()
     with open(RESULTS, 'w') as f:
-        f.write(text)
+        f.write(text.rstrip('\n') + '\n\n' + soak if soak else text)
     print()
     print(table)
     print()
@@ -1299,6 +1300,17 @@ def main():
     print()
     print('Written to %s' % os.path.relpath(RESULTS))
     return 0 if all(ok for _, _, ok in targets(bench)) else 1
+
+
+def soak_section():
+    """The last `make soak` run's section of the results, kept as it is."""
+    try:
+        with open(RESULTS) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return ''
+    start = text.find('\n## Soak run')
+    return text[start + 1:] if start >= 0 else ''
 
 
 if __name__ == '__main__':

@@ -296,11 +296,16 @@ def test_resource_alarm_refuses_what_would_wait_and_keeps_the_rest(
 
     assert post('before').status == 204
     alarm.raise_()
-    # RabbitMQ tells a connection it is blocked when it next publishes.
-    deadline = time.monotonic() + 30
-    while not publisher(server)['blocked'] and time.monotonic() < deadline:
-        assert post('while-blocking-%d' % len(accepted)).status == 204
+    # RabbitMQ tells a connection it is blocked when it next publishes: a
+    # confirm request then is confirmed (sent before the block) or answered
+    # 503 naming the alarm, never left to wait out confirm_timeout.
+    for attempt in range(100):
+        answer = post('while-blocking-%d' % attempt, '?confirm=1')
+        if answer.status != 204:
+            break
         time.sleep(0.2)
+    check_error(answer, 503, [alarm.kind])
+    assert answer.header('Retry-After')
     counters = publisher(server)
     assert counters['blocked'] and alarm.kind in counters['blocked_by'], \
         counters

@@ -2,24 +2,37 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# The oldest pika setup.py allows: the delivery, pika and cluster tests run
+# against it too, in a virtual environment of its own.
+PIKA_OLDEST := 1.2.1
+OLDEST_VENV := .venv-pika-$(PIKA_OLDEST)
 CONFIG ?= statelessd.yaml
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 
-.PHONY: run test bench bench-scale wrk venv broker php nginx chromium tls-proxy pythons lintian pyz deb clean
+.PHONY: run test soak bench bench-scale wrk venv oldest-pika-venv broker php nginx chromium tls-proxy pythons lintian pyz deb clean
 
 run: venv broker
 	$(PY) statelessd.py -c $(CONFIG) -f
 
-# The whole suite on the default Python, then the unit, publish and delivery
-# tests again on the oldest and newest supported ones.
+# The whole suite on the default Python, then the delivery, pika and
+# cluster tests on the oldest pika setup.py allows, and the unit, publish
+# and delivery tests on the oldest and newest supported Pythons.
 CORE_TESTS := tests/test_units.py tests/test_publish.py tests/test_delivery.py
 OLDEST := 3.8
 NEWEST := 3.13
 
-test: pythons venv .venv-$(OLDEST)/.installed .venv-$(NEWEST)/.installed broker php nginx chromium tls-proxy lintian
+test: pythons venv oldest-pika-venv .venv-$(OLDEST)/.installed .venv-$(NEWEST)/.installed broker php nginx chromium tls-proxy lintian
 	$(PY) -m pytest tests
+	$(OLDEST_VENV)/bin/python -m pytest tests/test_delivery.py tests/test_pika.py tests/test_cluster.py
 	.venv-$(OLDEST)/bin/python -m pytest $(CORE_TESTS)
 	.venv-$(NEWEST)/bin/python -m pytest $(CORE_TESTS)
+
+# A long run against a private RabbitMQ node, outside CI: mixed load, wrong
+# passwords, vhost/user pairs coming and going, one broker restart; prints
+# a table of each worker's memory, threads, descriptors and connections.
+SOAK_MINUTES ?= 15
+soak: venv broker
+	$(PY) tests/soak.py $(SOAK_MINUTES)
 
 # Throughput, latency and memory side by side with the alternatives; installs
 # wrk, PHP (curl, amqp) and nginx when missing and root, and enables RabbitMQ's
@@ -44,11 +57,12 @@ wrk:
 
 venv: $(VENV)/.installed
 
-# make_venv(directory, python): statelessd and the test tools in a virtualenv.
+# make_venv(directory, python[, packages]): statelessd and the test tools
+# in a virtualenv, with packages pinned as given.
 define make_venv
 $(2) -m venv $(1)
 $(1)/bin/pip install -q --upgrade pip
-$(1)/bin/pip install -q -e . pytest hypothesis
+$(1)/bin/pip install -q -e . pytest hypothesis $(3)
 touch $(1)/.installed
 endef
 
@@ -73,6 +87,11 @@ pythons:
 	  echo "or put pythonX.Y for each on PATH (deadsnakes PPA on Ubuntu, python3X packages on RHEL)"; \
 	  exit 1; \
 	fi
+
+oldest-pika-venv: $(OLDEST_VENV)/.installed
+
+$(OLDEST_VENV)/.installed: setup.py
+	$(call make_venv,$(OLDEST_VENV),$(PYTHON),pika==$(PIKA_OLDEST))
 
 # A RabbitMQ answering on localhost: start an installed one, or install it.
 broker:

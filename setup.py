@@ -15,7 +15,7 @@ setup(
     long_description=LONG_DESCRIPTION,
     long_description_content_type='text/markdown',
     py_modules=['statelessd', 'statelessd_amqp', 'statelessd_stats'],
-    install_requires=['pika>=1.2', 'PyYAML>=5.1'],
+    install_requires=['pika>=1.2,<2', 'PyYAML>=5.1'],
     python_requires='>=3.8',
     entry_points={'console_scripts': ['statelessd=statelessd:main']},
     license='BSD',

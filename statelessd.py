@@ -32,6 +32,7 @@ import select
 import signal
 import socket
 import ssl
+import stat
 import sys
 import tempfile
 import threading
@@ -537,25 +538,31 @@ def publish_target(path):
             raise HTTPError(400, 'the %s is longer than %d bytes'
                             % (name, SHORT_STRING))
     for name, value in (('vhost', vhost), ('exchange', exchange)):
-        if has_control_characters(value):
+        if not value.isprintable():
             raise HTTPError(400, 'the %s contains control characters' % name)
     return vhost, exchange, routing_key
-
-
-CONTROL_CHARACTERS = re.compile('[\x00-\x1f\x7f-\x9f]')
-
-
-def has_control_characters(value):
-    return CONTROL_CHARACTERS.search(value) is not None
 
 
 #: RFC 9110 section 5.6.2: what a header name may be made of.
 TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: Control characters RFC 9110 section 5.5 keeps out of a header value.
 FIELD_CONTROL_CHARACTERS = re.compile('[\x00-\x08\x0a-\x1f\x7f]')
+#: Control characters in a request line, whose CRLF is already gone.
+REQUEST_LINE_CONTROLS = re.compile('[\x00-\x1f\x7f]')
 #: RFC 9112 section 7.1: bare hex digits, optional extensions, CRLF.
 CHUNK_SIZE_LINE = re.compile(
     rb'([0-9A-Fa-f]{1,16})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?\r\n\Z')
+
+
+def has_request_line_controls(line):
+    return REQUEST_LINE_CONTROLS.search(line) is not None
+
+
+def connection_options(headers):
+    """The Connection header's options, from every line, in lower case."""
+    return {option.strip(' \t').lower()
+            for line in headers.get_all('Connection', ())
+            for option in line.split(',')}
 
 
 def is_token(name):
@@ -582,8 +589,10 @@ def basic_credentials(header):
     if not colon or not user:
         raise unauthorized('the Basic credentials need a user and a '
                            'password separated by a colon')
-    if has_control_characters(user) or '\0' in password:
-        # AMQP PLAIN separates user and password with NUL bytes.
+    if not user.isprintable() or '\0' in password:
+        # AMQP PLAIN separates user and password with NUL bytes; the user
+        # name is logged, where line and paragraph separators or direction
+        # overrides would forge or garble lines.
         raise unauthorized('the Basic credentials contain control '
                            'characters')
     return user, password
@@ -839,6 +848,7 @@ ERROR_STATUS = {
     statelessd_amqp.QueueFull: 503,
     statelessd_amqp.TooManyPublishers: 503,
     statelessd_amqp.Nacked: 503,
+    statelessd_amqp.Blocked: 503,
     statelessd_amqp.SpoolFailed: 503,
     statelessd_amqp.ConfirmTimeout: 504,
 }
@@ -920,18 +930,26 @@ class Worker:
         document['up'] = True
         return document
 
-    def health_problem(self):
-        """Why this worker cannot publish now, or None when it can.
+    def health(self):
+        """Why this worker cannot publish now (None when it can), and the
+        RabbitMQ nodes its publishers are connected to.
 
         A connected publisher proves the broker reachable; without one, a
-        TCP connect to the configured RabbitMQ nodes must succeed.
+        TCP connect to the configured RabbitMQ nodes must succeed.  A
+        resource alarm blocks every publisher of the cluster, so one
+        blocked publisher makes the worker unhealthy.
         """
+        publishers = self.registry.report().values()
+        nodes = sorted({c['node'] for c in publishers if c['node']})
         if self.stopping:
-            return 'the worker is shutting down'
-        if any(counters['connected']
-               for counters in self.registry.report().values()):
-            return None
-        return broker_unreachable(self.config.broker_hosts)
+            return 'the worker is shutting down', nodes
+        for counters in publishers:
+            if counters['blocked']:
+                return ('RabbitMQ blocks publishing (%s)'
+                        % counters['blocked_by'], nodes)
+        if nodes:
+            return None, nodes
+        return broker_unreachable(self.config.broker_hosts), nodes
 
 
 def sibling_stats(address, port):
@@ -976,7 +994,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
              '/stats/all': 'send_all_stats', '/metrics': 'send_metrics',
              '/health': 'send_health'}
     #: The pages HTTPServer.stats_allow guards: they name every vhost/user
-    #: publishing through the worker.  /health says only up or down.
+    #: publishing through the worker.  /health says only up or down, and
+    #: which RabbitMQ nodes the worker is connected to.
     STATS_PAGES = ('/', '/stats', '/stats/all', '/metrics')
 
     server_version = 'statelessd/' + __version__
@@ -1027,7 +1046,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         # Spaces only: str.split() would also split on bytes 0x85 and 0xA0,
         # which are parts of raw UTF-8 characters in a path.
         words = self.requestline.split(' ')
-        if len(words) != 3:
+        if len(words) != 3 or has_request_line_controls(self.requestline):
             self.send_error(400, 'bad request line %r'
                             % printable(self.requestline[:100]))
             return False
@@ -1051,10 +1070,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(error.status, error.reason)
             return False
         self.unread_body = self.framing != 0
-        connection = self.headers.get('Connection', '').lower()
+        connection = connection_options(self.headers)
         self.close_connection = (
-            version == 'HTTP/1.0' and connection != 'keep-alive'
-            or connection == 'close' or not self.worker.config.keep_alive)
+            version == 'HTTP/1.0' and 'keep-alive' not in connection
+            or 'close' in connection or not self.worker.config.keep_alive)
         if version == 'HTTP/1.1' and \
                 self.headers.get('Expect', '').lower() == '100-continue':
             return self.handle_expect_100()
@@ -1100,11 +1119,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if size > limit:
                 raise HTTPError(431, 'the request headers exceed %d bytes'
                                 % limit)
-            if line in (b'\r\n', b'\n'):
-                return lines
             if not line.endswith(b'\n'):
                 raise HTTPError(400, 'the request headers are truncated')
-            lines.append(line.decode('iso-8859-1').rstrip('\r\n'))
+            if not line.endswith(b'\r\n'):
+                raise HTTPError(400, 'a header line does not end in CRLF')
+            if line == b'\r\n':
+                return lines
+            lines.append(line[:-2].decode('iso-8859-1'))
 
     def handle_expect_100(self):
         """Refuse an oversized body before the client sends it."""
@@ -1202,21 +1223,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
                        text.encode('utf-8'))
 
     def send_health(self):
-        """200 while this worker can publish, 503 (one JSON line) if not."""
-        problem = self.worker.health_problem()
+        """200 while this worker can publish, 503 (one JSON line) if not;
+        either names the RabbitMQ nodes the worker is connected to."""
+        problem, nodes = self.worker.health()
         if problem is None:
-            self.send_json(200, {'status': 'ok', 'port': self.worker.port})
+            self.send_json(200, {'status': 'ok', 'port': self.worker.port,
+                                 'nodes': nodes})
         else:
             self.send_json(503, {'status': 'unavailable',
                                  'port': self.worker.port,
-                                 'reason': problem},
+                                 'reason': problem, 'nodes': nodes},
                            {'Retry-After': str(RETRY_AFTER)})
 
     def send_static(self, name):
         """A file below Application.paths.static, never one outside it."""
         root = os.path.realpath(self.worker.config.static)
         relative = decode_segment(name, 'file name')
-        path = None if has_control_characters(relative) else \
+        path = None if not relative.isprintable() else \
             os.path.realpath(os.path.join(root, relative))
         if path is None or not path.startswith(root + os.sep) or \
                 not os.path.isfile(path):
@@ -1356,6 +1379,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raise HTTPError(400, 'a trailer line does not end in CRLF')
             if line == b'\r\n':
                 return
+            name, colon, value = line[:-2].decode('iso-8859-1').partition(':')
+            if not colon or not is_token(name) or \
+                    has_field_control_characters(value):
+                raise HTTPError(400, 'malformed trailer line %r'
+                                % printable(line[:60].decode('iso-8859-1')))
             if size > self.worker.config.max_header_size:
                 raise HTTPError(431, 'the trailers exceed %d bytes'
                                 % self.worker.config.max_header_size)
@@ -2071,7 +2099,8 @@ def check_pidfile(path):
     if not path:
         return
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW |
+                             os.O_NONBLOCK)
     except FileNotFoundError:
         return
     except OSError as error:
@@ -2082,6 +2111,9 @@ def check_pidfile(path):
         raise ConfigError('Daemon.pidfile: cannot read %s: %s'
                           % (path, error.strerror)) from None
     with os.fdopen(descriptor, 'rb') as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise ConfigError('Daemon.pidfile: %s is not a regular file'
+                              % path)
         text = handle.read(32).strip()
     if text.isdigit() and process_exists(int(text)):
         raise AlreadyRunning('already running as pid %s (Daemon.pidfile %s);'
@@ -2122,7 +2154,7 @@ def write_pidfile(path):
     try:
         with os.fdopen(descriptor, 'w') as handle:
             handle.write('%d\n' % os.getpid())
-        os.chmod(partial, 0o644)
+            os.fchmod(handle.fileno(), 0o644)
         os.replace(partial, path)
     except OSError as error:
         with contextlib.suppress(OSError):

@@ -10,6 +10,10 @@ The first message for an exchange the publisher has not used yet goes out
 on a second, synchronous confirm channel.  A missing exchange or a refused
 write then closes only that channel, so one client's typo never costs the
 messages other clients have in flight on the main channel.
+
+The main channel's batched writes use pika's private names; Wire keeps
+them in one place, and a pika without them publishes through the public
+API instead (see Wire).
 """
 import collections
 import hashlib
@@ -33,6 +37,8 @@ import pika.spec
 import statelessd_stats
 
 LOGGER = logging.getLogger('statelessd.amqp')
+#: Whether this process said it publishes without the batched path.
+_PUBLIC_FALLBACK_LOGGED = False
 
 #: How long the publisher thread sleeps in pika when nothing wakes it.
 IDLE_POLL = 1.0
@@ -40,7 +46,8 @@ IDLE_POLL = 1.0
 BATCH_TICK = 0.002
 #: Seconds without a message before the publisher thread sleeps until woken.
 QUIET = 0.05
-#: Attempts per message before a broker nack is final.
+#: Attempts a confirm request's message gets before a nack is final for it.
+#: A message answered 204 is never given up for a nack.
 NACK_RETRIES = 3
 #: Reconnect back-off bounds, in seconds.
 BACKOFF_FIRST = 0.5
@@ -59,6 +66,8 @@ MAX_PROPERTIES_SIZE = 65536
 #: Marshalled Basic.Publish frames a publisher keeps, one per exchange,
 #: routing key and mandatory flag; the cache starts over beyond this.
 METHOD_FRAMES = 1024
+#: How /stats names the two ways of publishing (see Wire).
+BATCHED, BASIC_PUBLISH = 'batched', 'basic_publish'
 
 
 class PublishError(Exception):
@@ -99,6 +108,10 @@ class SpoolFailed(PublishError):
 
 class Nacked(PublishError):
     """RabbitMQ nacked the message, also after retries."""
+
+
+class Blocked(PublishError):
+    """RabbitMQ blocks publishing (a memory or disk alarm)."""
 
 
 class Unroutable(PublishError):
@@ -175,6 +188,9 @@ class Message:
         return self.done is None
 
     def settle(self, error=None):
+        """Record the outcome; a request already answered keeps its answer."""
+        if self.done is not None and self.done.is_set():
+            return
         self.error = error
         if self.done is not None:
             self.done.set()
@@ -222,18 +238,21 @@ def connection_parameters(settings, host, port, vhost, user, password):
                                                        user)})
 
 
-def open_connection(settings, vhost, user, password):
-    """Connect to the first configured broker host that answers.
+def open_connection(settings, vhost, user, password, first=0):
+    """Connect to the first configured broker host that answers, trying
+    them in order from the first-th; returns the connection and its
+    (host, port).
 
     Login and vhost refusals are final and raised at once; anything else
     moves on to the next host.
     """
     last = None
-    for host, port in settings.hosts:
+    hosts = settings.hosts[first:] + settings.hosts[:first]
+    for host, port in hosts:
         params = connection_parameters(settings, host, port, vhost, user,
                                        password)
         try:
-            return pika.BlockingConnection(params)
+            return pika.BlockingConnection(params), (host, port)
         except pika.exceptions.ProbableAuthenticationError:
             raise LoginRefused('RabbitMQ refused the login for user %r'
                                % user) from None
@@ -259,13 +278,89 @@ def access_refusal(error, vhost, user):
 
 def verify_login(settings, vhost, user, password):
     """Open and close a connection to prove a password right or wrong."""
-    open_connection(settings, vhost, user, password).close()
+    open_connection(settings, vhost, user, password)[0].close()
 
 
 def refused_exchange(reply_text):
     """The exchange a Channel.Close reply names, or None."""
     match = re.search(r"exchange '((?:[^'\\]|\\.)*)'", reply_text or '')
     return match.group(1) if match else None
+
+
+class Wire:
+    """The main channel's batched publishing: the one place statelessd
+    uses pika's private names.
+
+    pika's public basic_publish builds and marshals the method frame anew
+    for every message and hands each frame to the transport separately,
+    and BlockingChannel's confirm mode waits for every ack.  Here the
+    method frame is kept per exchange, routing key and flag, a batch goes
+    out in one write, and acks arrive while more messages go out.  That
+    takes BlockingConnection._impl and BlockingChannel._impl,
+    Connection._body_max_length and Connection._output_marshaled_frames.
+
+    A pika without one of them makes Wire() raise AttributeError when the
+    publisher opens its channel; the publisher then publishes through the
+    public API, one confirmed message at a time (Publisher._probe).
+    """
+
+    def __init__(self, connection, channel):
+        connection_impl = connection._impl
+        self._channel_impl = channel._impl
+        self._body_max_length = connection_impl._body_max_length
+        self._output = connection_impl._output_marshaled_frames
+        if not isinstance(self._body_max_length, int) or \
+                not callable(self._output):
+            raise AttributeError('pika.Connection._body_max_length or '
+                                 '_output_marshaled_frames changed meaning')
+        self._number = channel.channel_number
+        self._method_frames = {}
+
+    def select_confirms(self, connection, on_confirm, on_return, on_close):
+        """Confirm mode with pipelined acks.
+
+        The channel implementation calls back in wire order, so a
+        Basic.Return is always seen before the ack of its message.
+        """
+        selected = []
+        self._channel_impl.confirm_delivery(ack_nack_callback=on_confirm,
+                                            callback=selected.append)
+        self._channel_impl.add_on_return_callback(on_return)
+        self._channel_impl.add_on_close_callback(on_close)
+        while not selected:
+            connection.process_data_events(time_limit=0.005)
+
+    def frames(self, message):
+        """The message's Basic.Publish, content header and body frames, as
+        pika's Channel.basic_publish marshals them."""
+        key = (message.exchange, message.routing_key, message.mandatory)
+        method = self._method_frames.get(key)
+        if method is None:
+            if len(self._method_frames) >= METHOD_FRAMES:
+                self._method_frames.clear()
+            method = self._method_frames[key] = pika.frame.Method(
+                self._number, pika.spec.Basic.Publish(
+                    exchange=message.exchange,
+                    routing_key=message.routing_key,
+                    mandatory=message.mandatory)).marshal()
+        body = message.body
+        frames = [method, pika.frame.Header(self._number, len(body),
+                                            message.properties).marshal()]
+        limit = self._body_max_length
+        for start in range(0, len(body), limit):
+            frames.append(pika.frame.Body(
+                self._number, body[start:start + limit]).marshal())
+        return frames
+
+    def write(self, data):
+        """Hand marshalled frames to pika, which sends them the next time
+        the connection is served."""
+        self._output([data])
+
+
+def blocked_error(reason):
+    return Blocked('RabbitMQ blocks publishing (%s); statelessd waits for '
+                   'the alarm to clear' % reason)
 
 
 class PublisherClosed(Exception):
@@ -292,9 +387,16 @@ class Publisher(threading.Thread):
         self._parked = []
         self._outbox = collections.OrderedDict()
         self._unsent = []
-        self._method_frames = {}
+        self._nack_held = []
+        self._nack_retry_at = None
+        self._nack_backoff = BACKOFF_FIRST
         self._known_exchanges = {''}
         self._connection = None
+        self._next_host = random.randrange(len(settings.hosts))
+        self.node = None
+        self.blocked_by = None
+        self._wire = None
+        self._batched = True
         self._channel = None
         self._channel_close_reason = ''
         self._check_channel = None
@@ -303,7 +405,8 @@ class Publisher(threading.Thread):
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self._reconnect_now = threading.Event()
-        self._password_checked = time.monotonic()
+        self._attempted = threading.Event()
+        self._password_check_due = self._next_password_check()
         self._password_check = None
         self._drain_deadline = 0.0
         self._closed = False
@@ -340,7 +443,7 @@ class Publisher(threading.Thread):
         log in with it at once if the last login was refused."""
         self._password = password
         self._digest = password_digest(self._salt, password)
-        self._password_checked = time.monotonic()
+        self._password_check_due = self._next_password_check()
         if self.refusal is not None:
             self.refusal = None
             self._reconnect_now.set()
@@ -348,12 +451,18 @@ class Publisher(threading.Thread):
     @property
     def pending(self):
         return (self._queue.qsize() + len(self._outbox) + len(self._retry)
-                + len(self._parked))
+                + len(self._parked) + len(self._nack_held))
 
     def report(self):
         outbox = len(self._outbox)
-        return self.stats.report(queue_size=self.pending - outbox,
-                                 outbox=outbox)
+        report = self.stats.report(queue_size=self.pending - outbox,
+                                   outbox=outbox)
+        report.update({
+            'node': '%s:%s' % self.node if self.node else None,
+            'blocked': self.blocked_by is not None,
+            'blocked_by': self.blocked_by,
+            'publishing': BATCHED if self._batched else BASIC_PUBLISH})
+        return report
 
     def submit(self, message, confirm):
         """Take a message, or raise QueueFull or PublisherClosed.
@@ -361,13 +470,19 @@ class Publisher(threading.Thread):
         A message whose request waits for the outcome (confirm mode, or an
         exchange this publisher has not checked yet) is not spooled: the
         client learns what happened.  Any other is answered 204 at once, so
-        it goes to the spool first, when there is one.
+        it goes to the spool first, when there is one.  While RabbitMQ
+        blocks publishing, a request that would wait for the outcome is
+        refused at once.
         """
+        waits = confirm or message.exchange not in self._known_exchanges
+        blocked_by = self.blocked_by
+        if blocked_by is not None and waits and message.spool_id is None:
+            raise blocked_error(blocked_by)
         if self.pending >= self.settings.max_queue_size:
             raise QueueFull('%s:%s holds %d messages, its limit'
                             % (self.vhost, self.user, self.pending))
         if message.spool_id is None:
-            if confirm or message.exchange not in self._known_exchanges:
+            if waits:
                 message.done = threading.Event()
             elif self._spool is not None:
                 self._spool.add(self.vhost, self.user, self._password,
@@ -388,12 +503,13 @@ class Publisher(threading.Thread):
         left alone, waiting and unconfirmed messages fill max_queue_size
         and the surplus is answered 503.  Waiting here gives the publisher
         the GIL and the broker time, and turns overload into latency.  A
-        publisher that is not connected is not waited for: its queue bound
-        answers for it.  Held requests go on oldest first, one for each
-        message confirmed or sent (see _release_waiters).
+        publisher that is not connected, or that RabbitMQ blocks, is not
+        waited for: its queue bound answers for it.  Held requests go on
+        oldest first, one for each message confirmed or sent (see
+        _release_waiters).
         """
         high_water = self._high_water()
-        if self._in_flight() < high_water:
+        if self._in_flight() < high_water or self.blocked_by is not None:
             return
         deadline = time.monotonic() + self.settings.confirm_timeout
         with self._caught_up:
@@ -401,6 +517,7 @@ class Publisher(threading.Thread):
             try:
                 while (self._in_flight() >= high_water
                        and self.stats.connected
+                       and self.blocked_by is None
                        and not self._stopping.is_set()
                        and time.monotonic() < deadline):
                     self._caught_up.wait(FLOW_CHECK)
@@ -464,44 +581,109 @@ class Publisher(threading.Thread):
     def _run(self):
         backoff = BACKOFF_FIRST
         while not self._stopping.is_set():
+            password = self._password
             try:
-                self._connect()
+                self._connect(password)
             except PublishError as error:
                 if not self._ready.is_set():
                     self.failure = error
                     self._ready.set()
                     return
-                self._reconnect_failed(error)
-                self._reconnect_now.wait(backoff * random.uniform(0.5, 1.5))
-                self._reconnect_now.clear()
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                if self._reconnect_failed(error, password):
+                    return
+                backoff = self._back_off(backoff)
+                continue
+            except Exception:
+                LOGGER.exception('%s:%s could not open a connection',
+                                 self.vhost, self.user)
+                self._disconnect()
+                if not self._ready.is_set():
+                    self.failure = BrokerUnavailable(
+                        'statelessd could not open a connection to RabbitMQ')
+                    self._ready.set()
+                    return
+                self._attempted.set()
+                backoff = self._back_off(backoff)
                 continue
             self.refusal = None
-            backoff = BACKOFF_FIRST
+            self._attempted.set()
             self._ready.set()
-            try:
-                self._serve()
-            except (pika.exceptions.AMQPError, OSError) as error:
-                LOGGER.warning('%s:%s lost its connection: %r', self.vhost,
-                               self.user, error)
+            served = self._serve_until_lost()
             self._disconnect()
+            backoff = BACKOFF_FIRST if served else self._back_off(backoff)
 
-    def _reconnect_failed(self, error):
+    def _back_off(self, backoff):
+        """Wait before the next login, unless stop() or a new password
+        cuts the wait short; the next wait."""
+        self._reconnect_now.wait(backoff * random.uniform(0.5, 1.5))
+        self._reconnect_now.clear()
+        return min(backoff * 2, BACKOFF_MAX)
+
+    def _serve_until_lost(self):
+        """Serve the connection until it ends; False when the thread failed.
+
+        Whatever ends it, a lost connection or a failure in statelessd or
+        pika, is survived alike: _disconnect hands every unconfirmed
+        message back for a new connection, so nothing answered 204 is lost
+        with the thread.
+        """
+        try:
+            self._serve()
+        except (pika.exceptions.AMQPError, OSError) as error:
+            LOGGER.warning('%s:%s lost its connection: %r', self.vhost,
+                           self.user, error)
+        except Exception:
+            LOGGER.exception('%s:%s publisher failed; publishing what it '
+                             'holds again on a new connection', self.vhost,
+                             self.user)
+            return False
+        return True
+
+    def _reconnect_failed(self, error, password):
         """A refused login stops the publisher accepting: a deleted user or
         a changed password must not go on publishing as 204s.  What it
-        already accepted waits here for a login RabbitMQ takes."""
+        already accepted waits here for a login RabbitMQ takes; holding
+        nothing, it retires rather than knock on RabbitMQ's door forever.
+        True when it retired.
+
+        A password rotated while the refused attempt was under way is
+        tried at once instead: the refusal was of the old one.
+        """
+        if password != self._password:
+            self._reconnect_now.set()
+            return False
+        self._attempted.set()
         if not isinstance(error, (LoginRefused, AccessRefused)):
             LOGGER.warning('%s:%s reconnect failed: %s', self.vhost,
                            self.user, error.reason)
-            return
+            return False
         first = self.refusal is None
         self.refusal = error
         self._settle_waiting(error)
+        if self._retire_if_empty():
+            LOGGER.warning('RabbitMQ refuses %s:%s: %s; its publisher holds '
+                           'nothing and closes', self.vhost,
+                           self.user, error.reason)
+            return True
         if first:
             LOGGER.error('RabbitMQ refuses %s:%s: %s; its requests are '
                          'refused, and %d accepted messages wait for a '
-                         'login RabbitMQ takes', self.vhost, self.user,
-                         error.reason, self.pending)
+                         'login RabbitMQ takes', self.vhost,
+                         self.user, error.reason, self.pending)
+        return False
+
+    def _retire_if_empty(self):
+        with self._closed_lock:
+            if self.pending:
+                return False
+            self._closed = True
+        return True
+
+    def await_attempt(self, timeout):
+        """Wait until a lost connection's first reconnect has been tried:
+        between the two, a deleted user's requests would be taken as 204s
+        that no login will ever publish."""
+        self._attempted.wait(timeout)
 
     def _settle_waiting(self, error):
         """Answer the requests that wait for an outcome with the refusal;
@@ -523,8 +705,7 @@ class Publisher(threading.Thread):
         """Ask RabbitMQ now and then whether it still takes the password:
         it does not close a connection whose password changed.  The check
         runs beside the publisher, which it must not stall."""
-        if time.monotonic() - self._password_checked < \
-                self.settings.password_check_interval or \
+        if time.monotonic() < self._password_check_due or \
                 self._password_check is not None:
             return
         self._password_check = threading.Thread(
@@ -546,40 +727,61 @@ class Publisher(threading.Thread):
         except PublishError:
             pass
         finally:
-            self._password_checked = time.monotonic()
+            self._password_check_due = self._next_password_check()
             self._password_check = None
 
-    def _connect(self):
-        self._connection = open_connection(self.settings, self.vhost,
-                                           self.user, self._password)
+    def _next_password_check(self):
+        """Jittered, so that publishers started together do not check
+        together."""
+        return time.monotonic() + self.settings.password_check_interval * \
+            random.uniform(0.8, 1.2)
+
+    def _connect(self, password):
+        self._connection, self.node = open_connection(
+            self.settings, self.vhost, self.user, password,
+            self._next_host)
+        self._next_host = (self.settings.hosts.index(self.node) + 1) % len(
+            self.settings.hosts)
         self.stats.connection_opened()
-        self._open_channel()
+        self._connection.add_on_connection_blocked_callback(self._on_blocked)
+        self._connection.add_on_connection_unblocked_callback(
+            self._on_unblocked)
         self._open_check_channel()
+        self._open_channel()
         self.stats.connected = True
-        LOGGER.info('Connected %s:%s', self.vhost, self.user)
+        LOGGER.info('Connected %s:%s to %s:%s', self.vhost, self.user,
+                    *self.node)
 
     def _open_channel(self):
-        """Open the main channel in confirm mode with pipelined acks.
-
-        BlockingChannel.confirm_delivery() makes every publish wait for its
-        own ack.  The channel implementation underneath lets acks arrive
-        while further messages go out, and calls back in wire order, so a
-        Basic.Return is always seen before the ack of its message.
-        """
+        """Open the main channel for batched publishing, unless this pika
+        lacks what Wire needs: then every message goes through the check
+        channel."""
+        self._next_tag = 1
+        self._requeue_outbox()
+        if not self._batched:
+            return
         channel = self._connection.channel()
         self.stats.channel_opened()
-        impl = channel._impl
-        selected = []
-        impl.confirm_delivery(ack_nack_callback=self._on_confirm,
-                              callback=selected.append)
-        impl.add_on_return_callback(self._on_return)
-        impl.add_on_close_callback(self._on_channel_closed)
-        while not selected:
-            self._connection.process_data_events(time_limit=0.005)
-        self._channel = channel
-        self._next_tag = 1
-        self._method_frames.clear()
-        self._requeue_outbox()
+        try:
+            wire = Wire(self._connection, channel)
+        except AttributeError as error:
+            self._publish_publicly(error)
+            channel.close()
+            return
+        wire.select_confirms(self._connection, self._on_confirm,
+                             self._on_return, self._on_channel_closed)
+        self._channel, self._wire = channel, wire
+
+    def _publish_publicly(self, error):
+        """Fall back to pika's public basic_publish for good; said once per
+        process, since every publisher meets the same pika."""
+        global _PUBLIC_FALLBACK_LOGGED
+        self._batched = False
+        if not _PUBLIC_FALLBACK_LOGGED:
+            _PUBLIC_FALLBACK_LOGGED = True
+            LOGGER.warning('pika %s lacks what batched publishing needs (%s);'
+                           ' publishing with basic_publish, one confirmed '
+                           'message at a time', pika.__version__, error)
 
     def _open_check_channel(self):
         channel = self._connection.channel()
@@ -591,16 +793,50 @@ class Publisher(threading.Thread):
         self._channel_close_reason = getattr(reason, 'reply_text', '') \
             or str(reason)
 
+    def _on_blocked(self, _connection, frame):
+        """RabbitMQ raised a memory or disk alarm and stops reading what
+        this connection publishes.  The connection stays open, as RabbitMQ
+        asks: messages answered 204 wait here, and requests waiting for an
+        outcome are answered now rather than at their timeout."""
+        self.blocked_by = getattr(frame.method, 'reason', '') or 'an alarm'
+        LOGGER.warning('%s:%s blocked by RabbitMQ: %s', self.vhost,
+                       self.user, self.blocked_by)
+        error = blocked_error(self.blocked_by)
+        for message in self._held_messages():
+            if not message.accepted:
+                message.abandoned = True
+                message.settle(error)
+
+    def _on_unblocked(self, _connection, _frame):
+        LOGGER.warning('%s:%s unblocked by RabbitMQ', self.vhost, self.user)
+        self.blocked_by = None
+
+    def _held_messages(self):
+        with self._queue.mutex:
+            waiting = list(self._queue.queue)
+        return (list(self._outbox.values()) + list(self._retry) + waiting
+                + self._nack_held)
+
     def _disconnect(self):
+        self._attempted.clear()
         self.stats.connected = False
+        self.blocked_by = None
+        self._unsent.clear()
         self._requeue_outbox()
+        self._retry.extendleft(reversed(self._nack_held))
+        self._nack_held.clear()
+        self._nack_retry_at = None
         connection, self._connection = self._connection, None
-        self._channel = self._check_channel = None
+        self._channel = self._check_channel = self._wire = None
+        self.node = None
+        if connection is None:
+            return
         try:
             if connection.is_open:
                 connection.close()
-        except (pika.exceptions.AMQPError, OSError):
-            pass
+        except Exception:
+            LOGGER.debug('%s:%s closing a failed connection', self.vhost,
+                         self.user, exc_info=True)
         self.stats.connection_closed()
 
     def _requeue_outbox(self):
@@ -626,8 +862,11 @@ class Publisher(threading.Thread):
             self._check_password_when_due()
             self._connection.process_data_events(
                 time_limit=self._poll_time(busy_at))
-            if self._channel.is_closed:
+            if self._channel is not None and self._channel.is_closed:
                 self._reopen_channel()
+            if self._nack_retry_at is not None and \
+                    time.monotonic() >= self._nack_retry_at:
+                self._retry_nacked()
             if self._parked and time.monotonic() - parked_at > PARK_RETRY:
                 self._retry.extend(self._parked)
                 self._parked.clear()
@@ -677,10 +916,10 @@ class Publisher(threading.Thread):
         """Publish what waits, in one write; True if there was anything."""
         sent = 0
         try:
-            while self._retry and self._channel.is_open:
+            while self._retry and self._can_publish():
                 self._send(self._retry.popleft())
                 sent += 1
-            while self._channel.is_open:
+            while self._can_publish():
                 try:
                     message = self._queue.get_nowait()
                 except queue.Empty:
@@ -692,62 +931,41 @@ class Publisher(threading.Thread):
         self._release_waiters()
         return sent > 0
 
+    def _can_publish(self):
+        """While RabbitMQ blocks the connection, messages wait here."""
+        if self.blocked_by is not None:
+            return False
+        return self._channel is None or self._channel.is_open
+
     def _send(self, message):
+        """Publish one message; it is in the outbox before any frame of it
+        is made, so a failure from here on leaves it to be republished."""
         if message.abandoned:
             self._finish(message, ConfirmTimeout('abandoned by its request'))
             return
-        if message.exchange not in self._known_exchanges:
+        if self._wire is None or message.exchange not in self._known_exchanges:
             self._write_unsent()
             self._probe(message)
             return
-        self._unsent.extend(self._frames(message))
         self._outbox[self._next_tag] = message
         self._next_tag += 1
         self.stats.publishes += 1
-
-    def _frames(self, message):
-        """The message's Basic.Publish, content header and body frames, as
-        pika's Channel.basic_publish marshals them.
-
-        pika builds and marshals the method frame anew for every message
-        and hands each frame to the transport separately: that was half of
-        this thread's time per message.  Here the method frame is kept per
-        exchange, routing key and flag, and a batch goes out in one write.
-        """
-        number = self._channel.channel_number
-        key = (message.exchange, message.routing_key, message.mandatory)
-        method = self._method_frames.get(key)
-        if method is None:
-            if len(self._method_frames) >= METHOD_FRAMES:
-                self._method_frames.clear()
-            method = self._method_frames[key] = pika.frame.Method(
-                number, pika.spec.Basic.Publish(
-                    exchange=message.exchange,
-                    routing_key=message.routing_key,
-                    mandatory=message.mandatory)).marshal()
-        body = message.body
-        frames = [method, pika.frame.Header(number, len(body),
-                                            message.properties).marshal()]
-        limit = self._connection._impl._body_max_length
-        for start in range(0, len(body), limit):
-            frames.append(pika.frame.Body(
-                number, body[start:start + limit]).marshal())
-        return frames
+        self._unsent.extend(self._wire.frames(message))
 
     def _write_unsent(self):
-        """Hand the batch's frames to pika's connection as one buffer; it
-        sends them the next time the connection is served.  Messages whose
+        """Hand the batch's frames to pika as one buffer.  Messages whose
         frames never leave stay in the outbox and are published again."""
         if self._unsent:
             data = b''.join(self._unsent)
             self._unsent.clear()
-            self._connection._impl._output_marshaled_frames([data])
+            self._wire.write(data)
 
     def _probe(self, message):
         """Publish synchronously on the check channel to learn the exchange.
 
         The message itself is the probe: on ack it is delivered and the
-        exchange is known for this publisher from then on.
+        exchange is known for this publisher from then on.  Without the
+        batched path every message goes this way.
         """
         try:
             self._check_channel.basic_publish(
@@ -764,7 +982,7 @@ class Publisher(threading.Thread):
             self.stats.channel_closed()
             self._open_check_channel()
             self._exchange_refused(message, error)
-        except pika.exceptions.AMQPError:
+        except Exception:
             self._retry.appendleft(message)
             raise
         else:
@@ -792,6 +1010,8 @@ class Publisher(threading.Thread):
     def _on_confirm(self, frame):
         method = frame.method
         acked = isinstance(method, pika.spec.Basic.Ack)
+        if acked:
+            self._nack_backoff = BACKOFF_FIRST
         for message in self._confirmed_messages(method.delivery_tag,
                                                 method.multiple):
             if not acked:
@@ -814,16 +1034,46 @@ class Publisher(threading.Thread):
         return messages
 
     def _nacked(self, message):
-        message.nacks += 1
-        if message.nacks < NACK_RETRIES:
-            self._retry.append(message)
-            return
+        """A nack is no reason to drop a message answered 204: it waits and
+        goes out again on a fresh channel, with backoff, for as long as
+        statelessd runs.  A request waiting for the outcome gets its 503
+        after NACK_RETRIES attempts."""
         self.stats.nacked += 1
-        LOGGER.error('RabbitMQ nacked message_id=%r for %r/%r %d times',
-                     message.properties.message_id, message.exchange,
-                     message.routing_key, message.nacks)
-        self._finish(message, Nacked('RabbitMQ nacked the message %d times'
-                                     % message.nacks))
+        message.nacks += 1
+        if not message.accepted and message.nacks >= NACK_RETRIES:
+            LOGGER.error('RabbitMQ nacked message_id=%r for %r/%r %d times',
+                         message.properties.message_id, message.exchange,
+                         message.routing_key, message.nacks)
+            self._finish(message, Nacked('RabbitMQ nacked the message %d '
+                                         'times' % message.nacks))
+            return
+        self._nack_held.append(message)
+        if self._nack_retry_at is None:
+            delay = self._nack_backoff * random.uniform(0.5, 1.5)
+            self._nack_backoff = min(self._nack_backoff * 2, BACKOFF_MAX)
+            self._nack_retry_at = time.monotonic() + delay
+            LOGGER.warning('%s:%s RabbitMQ nacked message_id=%r for %r/%r; '
+                           'publishing it again on fresh channels in %.1fs',
+                           self.vhost, self.user,
+                           message.properties.message_id, message.exchange,
+                           message.routing_key, delay)
+
+    def _retry_nacked(self):
+        """Replace both channels, then publish the nacked messages first.
+
+        RabbitMQ can nack every publish on a channel opened just after a
+        quorum queue's leader died; a channel opened later works.
+        Unconfirmed messages of the old channel are published again.
+        """
+        self._nack_retry_at = None
+        for channel in (self._channel, self._check_channel):
+            if channel is not None and channel.is_open:
+                channel.close()
+                self.stats.channel_closed()
+        self._open_check_channel()
+        self._open_channel()
+        self._retry.extendleft(reversed(self._nack_held))
+        self._nack_held.clear()
 
     def _on_return(self, _channel, method, _properties, body):
         for message in self._outbox.values():
@@ -1157,9 +1407,11 @@ class Registry:
         """
         publisher = self._publishers.get((vhost, user))
         if publisher is not None and not self._closed and \
-                publisher.connected_once and publisher.refusal is None and \
+                publisher.connected_once and \
                 publisher.password_matches(password):
-            return publisher
+            publisher.await_attempt(self.settings.connect_timeout)
+            if publisher.refusal is None:
+                return publisher
         self._refusals.check(vhost, user, password)
         try:
             return self._login(vhost, user, password)

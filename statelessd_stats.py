@@ -169,17 +169,19 @@ def totals(documents):
     up = [document for document in documents if document.get('up')]
     requests = collections.Counter()
     sums = dict.fromkeys(CONNECTION_SUMS, 0)
-    connected = publishers = 0
+    connected = publishers = blocked = 0
     for document in up:
         requests.update(document['requests'])
         for counters in document['connections'].values():
             publishers += 1
             connected += bool(counters['connected'])
+            blocked += bool(counters.get('blocked'))
             for name in CONNECTION_SUMS:
                 sums[name] += counters[name]
     result = {'ports': len(documents), 'up': len(up),
               'requests': dict(requests),
               'publishers': publishers, 'connected': connected,
+              'blocked': blocked,
               'cpu_time': {
                   'user': sum(d['cpu_time']['user'] for d in up),
                   'system': sum(d['cpu_time']['system'] for d in up)},
@@ -200,7 +202,7 @@ PUBLISHER_METRICS = (
     ('confirmed', 'statelessd_messages_confirmed_total', 'counter',
      'Messages RabbitMQ confirmed.'),
     ('nacked', 'statelessd_messages_nacked_total', 'counter',
-     'Messages RabbitMQ nacked on every retry.'),
+     'Nacks from RabbitMQ; each nacked message is published again.'),
     ('returned', 'statelessd_messages_returned_total', 'counter',
      'Mandatory messages RabbitMQ returned as unroutable.'),
     ('republished', 'statelessd_messages_republished_total', 'counter',
@@ -211,6 +213,8 @@ PUBLISHER_METRICS = (
      'Messages published and waiting for their confirm.'),
     ('connected', 'statelessd_publisher_connected', 'gauge',
      '1 while the publisher is connected to RabbitMQ.'),
+    ('blocked', 'statelessd_publisher_blocked', 'gauge',
+     '1 while a RabbitMQ resource alarm blocks the publisher.'),
 )
 
 
@@ -482,6 +486,7 @@ function renderTotals(all) {
            "total-queued"),
     figure("connections", `${t.connected} / ${t.publishers}`,
            "total-connections"),
+    figure("blocked", number(t.blocked), "total-blocked"),
     figure("requests", number(responses), "total-requests"),
     figure("cpu", `${(cpuRate * 100).toFixed(0)}%`, "total-cpu"),
     figure("memory", mebibytes(t.resident_memory), "total-memory"));
@@ -498,28 +503,36 @@ function codes(doc) {
   return box;
 }
 
-const COLUMNS = ["connected", "publishes", "confirmed", "nacked", "returned",
-                 "queue_size", "outbox"];
+const COLUMNS = ["connected", "node", "blocked", "publishes", "confirmed",
+                 "nacked", "returned", "queue_size", "outbox"];
+
+// A cell's text, and whether it shows a problem.
+function cell(c, field) {
+  if (field === "connected") return [c.connected ? "yes" : "no", !c.connected];
+  if (field === "node") return [c.node || "\\u2014", false];
+  if (field === "blocked")
+    return [c.blocked ? c.blocked_by || "yes" : "no", Boolean(c.blocked)];
+  return [number(c[field]), false];
+}
 
 function connections(doc) {
   const body = el("tbody");
   for (const [key, c] of Object.entries(doc.connections).sort()) {
     const row = el("tr", {"data-key": key}, el("td", {}, key));
     for (const field of COLUMNS) {
-      const value = field === "connected" ? (c.connected ? "yes" : "no")
-                                          : number(c[field]);
-      row.append(el("td", {"data-field": field,
-                           "class": c.connected || field !== "connected"
-                                    ? "" : "no"}, value));
+      const [value, bad] = cell(c, field);
+      row.append(el("td", {"data-field": field, "class": bad ? "no" : ""},
+                    value));
     }
     body.append(row);
   }
   if (!body.children.length)
-    body.append(el("tr", {}, el("td", {colspan: 8}, "no publishers yet")));
+    body.append(el("tr", {}, el("td", {colspan: 10}, "no publishers yet")));
   return el("table", {},
             el("thead", {}, el("tr", {}, el("th", {}, "vhost:user"),
-               ...["connected", "publishes", "confirmed", "nacked",
-                   "returned", "queued", "outbox"].map(h => el("th", {}, h)))),
+               ...["connected", "node", "blocked", "publishes", "confirmed",
+                   "nacked", "returned", "queued", "outbox"]
+                 .map(h => el("th", {}, h)))),
             body);
 }
 

@@ -102,6 +102,8 @@ def test_chromium_renders_every_port(tmp_path):
         assert card['up'], card
         row = card['rows']['/:guest']
         assert row['connected'] == 'yes', row
+        assert row['node'] == '127.0.0.1:5672', row
+        assert row['blocked'] == 'no', row
         assert count(row['publishes']) == number, row
         assert count(row['confirmed']) == number, row
         assert '204 \u00d7 %d' % number in card['text'], card['text']

@@ -12,8 +12,10 @@ publisher keeps its messages in order.
 import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 import urllib.parse
 
 import pytest
@@ -192,6 +194,19 @@ FRAMING = {
     'a chunk size line ending in LF': lambda account, key, smuggled: (
         chunked_publish(account, key, b'9\nbody=open\r\n0\r\n\r\n'
                         + smuggled, b'Transfer-Encoding: chunked\r\n')),
+    'a request line as a trailer': lambda account, key, smuggled: (
+        chunked_publish(account, key, b'9\r\nbody=open\r\n0\r\n'
+                        b'GET /stats HTTP/1.1\r\n\r\n' + smuggled,
+                        b'Transfer-Encoding: chunked\r\n')),
+    'a bare LF hiding Transfer-Encoding past the read buffer':
+        lambda account, key, smuggled: chunked_publish(
+            account, key, b'9\r\nbody=open\r\n0\r\n\r\n' + smuggled,
+            b'X-Pad: ' + b'a' * 9000 + b'\r\nX-A: a\nTransfer-Encoding: '
+            b'chunked\r\n'),
+    'CR CR LF after Content-Length past the read buffer':
+        lambda account, key, smuggled: chunked_publish(
+            account, key, b'body=open' + smuggled,
+            b'X-Pad: ' + b'a' * 9000 + b'\r\nContent-Length: 9\r\r\n'),
 }
 
 
@@ -218,6 +233,45 @@ def test_conflicting_content_lengths_on_a_page_are_400(gateway, account,
         + smuggled, shutdown=False)
     assert responses(raw) == [b'400'], raw[:500]
     assert bodies_until_marker(account, hidden, port) == []
+
+
+def test_a_bare_lf_is_refused_however_the_bytes_arrive(gateway, account,
+                                                       hidden):
+    """The head refused in one piece is refused in two writes too, split
+    right after the bare LF."""
+    port = gateway.ports[0]
+    data = chunked_publish(
+        account, hidden, b'9\r\nbody=open\r\n0\r\n\r\n' +
+        publish_request(account, hidden, b'hidden'),
+        b'X-A: a\nTransfer-Encoding: chunked\r\n')
+    split = data.index(b'a\n') + 2
+    with socket.create_connection(('127.0.0.1', port), timeout=10) as sock:
+        sock.sendall(data[:split])
+        time.sleep(0.3)
+        sock.sendall(data[split:])
+        raw = support.read_all(sock, 5)
+    assert responses(raw) == [b'400'], raw[:500]
+    assert bodies_until_marker(account, hidden, port) == []
+
+
+def test_connection_close_counts_among_other_options(gateway):
+    raw = support.raw_exchange(gateway.ports[0], (
+        b'GET /health HTTP/1.1\r\nHost: statelessd\r\n'
+        b'Connection: keep-alive, close\r\n\r\n'
+        b'GET /health HTTP/1.1\r\nHost: statelessd\r\n\r\n'),
+        shutdown=False)
+    assert responses(raw) == [b'200'], raw[:500]
+    assert b'\r\nConnection: close\r\n' in raw
+
+
+def test_user_names_that_would_garble_the_log_are_401(gateway, account):
+    for user in ('eve\u2028INFO forged line', 'eve\u202eevil'):
+        response = request(gateway.ports[0], 'POST',
+                           '/%s/amq.topic/x' % account.vhost, b'body=x',
+                           {'Authorization': basic_auth(user, 'pw'),
+                            'Content-Type': FORM})
+        assert response.status == 401, response
+    assert '\u2028' not in gateway.log() and '\u202e' not in gateway.log()
 
 
 def test_well_framed_chunked_publish_still_works(gateway, account, hidden):
@@ -307,6 +361,25 @@ def test_a_changed_password_stops_publishing_within_the_check_interval(
         accepted += publish_until(port, user, queue, 204)
         delivered = [body for _, body in user.drain(queue, len(accepted))]
         assert delivered == accepted
+    finally:
+        user.delete()
+
+
+def test_a_refused_publisher_holding_nothing_retires(checked_gateway):
+    """It would otherwise try the dead login against RabbitMQ forever."""
+    user = support.BrokerAccount('retired')
+    try:
+        port = checked_gateway.ports[0]
+        queue = bound_queue(user)
+        publish_until(port, user, queue, 204)
+        assert user.drain(queue, 1)
+        key = '%s:%s' % (user.vhost, user.user)
+        assert key in get(port, '/stats').json()['connections']
+        support.rabbitmqctl('delete_user', user.user)
+        assert settle(lambda: key not in get(port, '/stats').json()[
+            'connections'], timeout=15)
+        assert 'its publisher holds nothing and closes' in \
+            checked_gateway.log()
     finally:
         user.delete()
 
@@ -446,6 +519,14 @@ def test_writing_the_pidfile_follows_no_planted_link(tmp_path):
     assert not pidfile.is_symlink()
     assert sorted(os.listdir(tmp_path)) == sorted([
         'target', 'statelessd.pid', 'statelessd.pid.%d' % os.getpid()])
+
+
+def test_a_pidfile_that_is_not_a_file_is_refused_at_once(tmp_path):
+    pidfile = tmp_path / 'statelessd.pid'
+    os.mkfifo(str(pidfile))
+    result = start_with_pidfile(tmp_path, pidfile)
+    assert result.returncode == 2, result
+    assert 'is not a regular file' in result.stderr
 
 
 def start_with_pidfile(tmp_path, pidfile):

@@ -538,9 +538,19 @@ def publish_target(path):
             raise HTTPError(400, 'the %s is longer than %d bytes'
                             % (name, SHORT_STRING))
     for name, value in (('vhost', vhost), ('exchange', exchange)):
-        if not value.isprintable():
+        if has_unloggable_characters(value):
             raise HTTPError(400, 'the %s contains control characters' % name)
     return vhost, exchange, routing_key
+
+
+#: Characters that would forge or garble a log line: control characters,
+#: line and paragraph separators, and the bidirectional controls.
+UNLOGGABLE_CHARACTERS = re.compile(
+    '[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]')
+
+
+def has_unloggable_characters(value):
+    return UNLOGGABLE_CHARACTERS.search(value) is not None
 
 
 #: RFC 9110 section 5.6.2: what a header name may be made of.
@@ -589,7 +599,7 @@ def basic_credentials(header):
     if not colon or not user:
         raise unauthorized('the Basic credentials need a user and a '
                            'password separated by a colon')
-    if not user.isprintable() or '\0' in password:
+    if has_unloggable_characters(user) or '\0' in password:
         # AMQP PLAIN separates user and password with NUL bytes; the user
         # name is logged, where line and paragraph separators or direction
         # overrides would forge or garble lines.
@@ -1239,7 +1249,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         """A file below Application.paths.static, never one outside it."""
         root = os.path.realpath(self.worker.config.static)
         relative = decode_segment(name, 'file name')
-        path = None if not relative.isprintable() else \
+        path = None if has_unloggable_characters(relative) else \
             os.path.realpath(os.path.join(root, relative))
         if path is None or not path.startswith(root + os.sep) or \
                 not os.path.isfile(path):

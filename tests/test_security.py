@@ -294,6 +294,14 @@ def checked_gateway(tmp_path):
         yield instance
 
 
+@pytest.fixture
+def user():
+    """A vhost and user of the test's own, which the test may delete."""
+    account = support.BrokerAccount('sec-user')
+    yield account
+    account.delete()
+
+
 def publish_until(port, account, queue, status, password=None,
                   timeout=20.0):
     """Publish numbered bodies until one is answered status; returns the
@@ -313,86 +321,70 @@ def publish_until(port, account, queue, status, password=None,
 
 
 def test_a_deleted_user_is_refused_and_nothing_accepted_is_lost(
-        checked_gateway, account):
-    user = support.BrokerAccount('gone')
-    try:
-        port = checked_gateway.ports[0]
-        queue = bound_queue(user)
-        accepted = publish_until(port, user, queue, 204)
-        support.rabbitmqctl('delete_user', user.user)
-        accepted += publish_until(port, user, queue, 401)
-        for query in ('', '?confirm=1'):
-            response = publish(port, user, queue, 'refused', query=query)
-            assert response.status == 401, response
-            assert response.header('WWW-Authenticate')
-        log = checked_gateway.log()
-        assert 'RabbitMQ refuses %s:%s' % (user.vhost, user.user) in log
-        assert user.password not in log
+        checked_gateway, user):
+    port = checked_gateway.ports[0]
+    queue = bound_queue(user)
+    accepted = publish_until(port, user, queue, 204)
+    support.rabbitmqctl('delete_user', user.user)
+    accepted += publish_until(port, user, queue, 401)
+    for query in ('', '?confirm=1'):
+        response = publish(port, user, queue, 'refused', query=query)
+        assert response.status == 401, response
+        assert response.header('WWW-Authenticate')
+    log = checked_gateway.log()
+    assert 'RabbitMQ refuses %s:%s' % (user.vhost, user.user) in log
+    assert user.password not in log
 
-        # The user comes back: what was accepted before is published.
-        support.rabbitmqctl('add_user', user.user, user.password)
-        support.rabbitmqctl('set_permissions', '-p', user.vhost, user.user,
-                            '.*', '.*', '.*')
-        accepted += publish_until(port, user, queue, 204)
-        delivered = [body for _, body in user.drain(queue, len(accepted))]
-        assert delivered == accepted
-    finally:
-        user.delete()
+    # The user comes back: what was accepted before is published.
+    support.rabbitmqctl('add_user', user.user, user.password)
+    support.rabbitmqctl('set_permissions', '-p', user.vhost, user.user,
+                        '.*', '.*', '.*')
+    accepted += publish_until(port, user, queue, 204)
+    delivered = [body for _, body in user.drain(queue, len(accepted))]
+    assert delivered == accepted
 
 
 def test_a_changed_password_stops_publishing_within_the_check_interval(
-        checked_gateway):
-    user = support.BrokerAccount('rotated')
-    try:
-        port = checked_gateway.ports[0]
-        old = user.password
-        queue = bound_queue(user)
-        accepted = publish_until(port, user, queue, 204)
-        user.change_password('pw-new-' + os.urandom(6).hex())
-        # No request uses the new password: the periodic check finds out.
-        accepted += publish_until(port, user, queue, 401, password=old)
-        response = publish(port, user, queue, 'old', password=old)
-        assert response.status == 401, response
-        log = checked_gateway.log()
-        assert 'no longer takes the password of %s:%s' % (
-            user.vhost, user.user) in log
-        assert old not in log and user.password not in log
+        checked_gateway, user):
+    port = checked_gateway.ports[0]
+    old = user.password
+    queue = bound_queue(user)
+    accepted = publish_until(port, user, queue, 204)
+    user.change_password('pw-new-' + os.urandom(6).hex())
+    # No request uses the new password: the periodic check finds out.
+    accepted += publish_until(port, user, queue, 401, password=old)
+    response = publish(port, user, queue, 'old', password=old)
+    assert response.status == 401, response
+    log = checked_gateway.log()
+    assert 'no longer takes the password of %s:%s' % (
+        user.vhost, user.user) in log
+    assert old not in log and user.password not in log
 
-        accepted += publish_until(port, user, queue, 204)
-        delivered = [body for _, body in user.drain(queue, len(accepted))]
-        assert delivered == accepted
-    finally:
-        user.delete()
+    accepted += publish_until(port, user, queue, 204)
+    delivered = [body for _, body in user.drain(queue, len(accepted))]
+    assert delivered == accepted
 
 
-def test_a_refused_publisher_holding_nothing_retires(checked_gateway):
+def test_a_refused_publisher_holding_nothing_retires(checked_gateway, user):
     """It would otherwise try the dead login against RabbitMQ forever."""
-    user = support.BrokerAccount('retired')
-    try:
-        port = checked_gateway.ports[0]
-        queue = bound_queue(user)
-        publish_until(port, user, queue, 204)
-        assert user.drain(queue, 1)
-        key = '%s:%s' % (user.vhost, user.user)
-        assert key in get(port, '/stats').json()['connections']
-        support.rabbitmqctl('delete_user', user.user)
-        assert settle(lambda: key not in get(port, '/stats').json()[
-            'connections'], timeout=15)
-        assert 'its publisher holds nothing and closes' in \
-            checked_gateway.log()
-    finally:
-        user.delete()
+    port = checked_gateway.ports[0]
+    queue = bound_queue(user)
+    publish_until(port, user, queue, 204)
+    assert user.drain(queue, 1)
+    key = '%s:%s' % (user.vhost, user.user)
+    assert key in get(port, '/stats').json()['connections']
+    support.rabbitmqctl('delete_user', user.user)
+    assert settle(lambda: key not in get(port, '/stats').json()[
+        'connections'], timeout=15)
+    assert 'its publisher holds nothing and closes' in \
+        checked_gateway.log()
 
 
-def test_revoked_permissions_answer_403(checked_gateway):
-    user = support.BrokerAccount('revoked')
-    try:
-        port = checked_gateway.ports[0]
-        publish_until(port, user, 'revoked', 204)
-        support.rabbitmqctl('clear_permissions', '-p', user.vhost, user.user)
-        publish_until(port, user, 'revoked', 403)
-    finally:
-        user.delete()
+def test_revoked_permissions_answer_403(checked_gateway, user):
+    port = checked_gateway.ports[0]
+    publish_until(port, user, 'revoked', 204)
+    support.rabbitmqctl('clear_permissions', '-p', user.vhost, user.user)
+    publish_until(port, user, 'revoked', 403)
 
 
 # -- 4. statistics behind nginx ---------------------------------------------------------

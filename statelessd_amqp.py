@@ -356,17 +356,27 @@ class Publisher(threading.Thread):
                                  outbox=outbox)
 
     def submit(self, message, confirm):
-        """Take a message, or raise QueueFull or PublisherClosed.
+        """Take a message, or raise QueueFull or PublisherClosed."""
+        self.submit_batch([message], confirm)
+
+    def submit_batch(self, messages, confirm):
+        """Take messages in their order, all or none, or raise QueueFull or
+        PublisherClosed.
 
         A message whose request waits for the outcome (confirm mode, or an
         exchange this publisher has not checked yet) is not spooled: the
-        client learns what happened.  Any other is answered 204 at once, so
-        it goes to the spool first, when there is one.
+        client learns what happened.  Any other is answered at once, so
+        it goes to the spool first, when there is one.  The messages enter
+        the queue together, so that one write can carry them all.
         """
-        if self.pending >= self.settings.max_queue_size:
-            raise QueueFull('%s:%s holds %d messages, its limit'
-                            % (self.vhost, self.user, self.pending))
-        if message.spool_id is None:
+        if self.pending + len(messages) > self.settings.max_queue_size:
+            raise QueueFull('%s:%s holds %d messages; %d more would pass '
+                            'its limit of %d' % (self.vhost, self.user,
+                                                 self.pending, len(messages),
+                                                 self.settings.max_queue_size))
+        for message in messages:
+            if message.spool_id is not None:
+                continue
             if confirm or message.exchange not in self._known_exchanges:
                 message.done = threading.Event()
             elif self._spool is not None:
@@ -376,7 +386,8 @@ class Publisher(threading.Thread):
             if self._closed:
                 raise PublisherClosed()
             self._last_used = time.monotonic()
-            self._queue.put(message)
+            for message in messages:
+                self._queue.put(message)
         self._wake()
         self._keep_pace()
 
@@ -1139,10 +1150,14 @@ class Registry:
 
     def publish(self, vhost, user, password, message, confirm):
         """Hand a message to vhost/user's publisher, starting one if need be."""
+        self.publish_batch(vhost, user, password, [message], confirm)
+
+    def publish_batch(self, vhost, user, password, messages, confirm):
+        """Hand messages to one publisher in their order, all or none."""
         for _ in range(3):
             publisher = self.publisher_for(vhost, user, password)
             try:
-                publisher.submit(message, confirm)
+                publisher.submit_batch(messages, confirm)
                 return
             except PublisherClosed:
                 self._discard(publisher)

@@ -1258,6 +1258,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         request_timeout to arrive in full."""
         config = self.worker.config
         self.status = None
+        self.published = 0
         self.headers = RequestHeaders()
         self.unread_body = False
         self.watch.until(time.monotonic() + config.socket_timeout)
@@ -1417,7 +1418,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def record(self, method, status):
         self.worker.requests.record(method or 'UNKNOWN', status,
-                                    time.monotonic() - self.started)
+                                    time.monotonic() - self.started,
+                                    self.published)
 
     def route(self, method):
         path, _, query = self.path.partition('?')
@@ -1520,6 +1522,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             self.worker.registry.publish(vhost, user, password, message,
                                          confirm)
+            self.published = 1
             self.await_outcome(message, confirm)
         except statelessd_amqp.PublishError as error:
             raise publish_error(error) from None
@@ -1569,6 +1572,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                                messages, confirm)
         except statelessd_amqp.PublishError as error:
             raise publish_error(error) from None
+        self.published = len(messages)
         deadline = time.monotonic() + self.worker.config.confirm_timeout
         return [self.outcome(message, confirm, deadline)
                 for message in messages]

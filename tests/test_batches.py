@@ -183,7 +183,14 @@ def test_stats_count_messages_per_publisher(http, statelessd, target):
     resp = http.post(server.port, target.path() + "?confirm=1",
                      form_batch([{"body": "s"}] * 7))
     assert resp.status == 200, resp
-    counters = http.get(server.port, "/stats").json()["connections"]
-    assert counters["/:guest"]["publishes"] == 7
-    assert counters["/:guest"]["confirmed"] == 7
-    target.consume(7)
+    resp = http.post(server.port, target.path(), {"body": "one more"})
+    assert resp.status == 204, resp
+    assert len(target.consume(8)) == 8
+    stats = http.get(server.port, "/stats").json()
+    counters = stats["connections"]["/:guest"]
+    assert (counters["publishes"], counters["confirmed"]) == (8, 8)
+    assert stats["requests"]["messages"] == 8
+    assert stats["requests"]["method.POST"] == 2
+    metrics = http.get(server.port, "/metrics").body.decode()
+    assert 'statelessd_http_messages_total{port="%d"} 8' % server.port \
+        in metrics, metrics

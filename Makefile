@@ -66,8 +66,10 @@ $(1)/bin/pip install -q -e . pytest hypothesis $(3)
 touch $(1)/.installed
 endef
 
-$(VENV)/.installed: setup.py
-	$(call make_venv,$(VENV),$(PYTHON))
+# The default Python's also has schemathesis, for tests/test_openapi.py (it
+# needs Python 3.9 or newer; the other Pythons run the core tests only).
+$(VENV)/.installed: setup.py Makefile
+	$(call make_venv,$(VENV),$(PYTHON),schemathesis)
 
 # .venv-3.8, .venv-3.13: the same on another Python, found as `pythons` does.
 .venv-%/.installed: setup.py | pythons

@@ -75,6 +75,7 @@ STATS_ALLOW = ['127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12',
 #: Proxies whose X-Real-IP is believed by default (with xheaders on).
 TRUSTED_PROXIES = ['127.0.0.0/8', '::1/128']
 FIELD_ALIASES = {'expire': 'expiration'}
+URLENCODED = 'application/x-www-form-urlencoded'
 TRUE_WORDS = ('1', 'true', 'yes', 'on')
 FALSE_WORDS = ('0', 'false', 'no', 'off', '')
 
@@ -95,6 +96,26 @@ class HTTPError(Exception):
         self.status = status
         self.reason = reason
         self.headers = headers or {}
+        #: More of the error document than its error and reason: a batch's
+        #: results.
+        self.details = {}
+
+
+class FieldError(HTTPError):
+    """A 400 naming the field at fault: "field priority must be ...", and
+    in a batch "field messages[3].priority must be ..."."""
+
+    def __init__(self, field, problem):
+        super().__init__(400, 'field %s %s' % (field, problem)
+                         if field else 'the body %s' % problem)
+        self.field = field
+        self.problem = problem
+
+    def within(self, container):
+        """The same error for the field inside container: "messages[3]",
+        "properties"."""
+        field = '%s.%s' % (container, self.field) if self.field else container
+        return FieldError(field, self.problem)
 
 
 # -- configuration -----------------------------------------------------------
@@ -187,6 +208,9 @@ class Config:
         self.xheaders = boolean(server, 'xheaders', False, 'HTTPServer.')
         self.max_body_size = integer(server, 'max_body_size', 10485760,
                                      'HTTPServer.', 0)
+        # max_batch_size: messages one request may carry; more is 413.
+        self.max_batch_size = integer(server, 'max_batch_size', 1000,
+                                      'HTTPServer.', 1)
         # socket_timeout: how long a connection may sit idle between
         # requests, and the longest a response may take to send.
         self.socket_timeout = number(server, 'socket_timeout', 75.0,
@@ -521,17 +545,37 @@ def decode_segment(segment, what):
 def publish_target(path):
     """(vhost, exchange, routing_key) of a publish path, or None.
 
-    Names are AMQP short strings; a vhost or exchange name with control
-    characters names nothing RabbitMQ has and would only garble logs.
     Clients publish to a few paths over and over, so the answers are
     kept; a refused path raises and is not kept.
     """
     segments = path.split('/')
     if len(segments) != 4 or segments[0] or not segments[1]:
         return None
-    vhost = decode_segment(segments[1], 'vhost')
-    exchange = decode_segment(segments[2], 'exchange')
-    routing_key = decode_segment(segments[3], 'routing key')
+    return publish_names(segments[1], segments[2], segments[3])
+
+
+@functools.lru_cache(maxsize=256)
+def api_target(path):
+    """(vhost, exchange) of the management API's publish path,
+    /api/exchanges/<vhost>/<exchange>/publish, or None.  Its name for the
+    default exchange is amq.default."""
+    segments = path.split('/')
+    if len(segments) != 6 or segments[:3] != ['', 'api', 'exchanges'] \
+            or segments[5] != 'publish' or not segments[3]:
+        return None
+    vhost, exchange, _ = publish_names(segments[3], segments[4], '')
+    return vhost, '' if exchange == 'amq.default' else exchange
+
+
+def publish_names(vhost, exchange, routing_key):
+    """The decoded names of a publish path's segments.
+
+    Names are AMQP short strings; a vhost or exchange name with control
+    characters names nothing RabbitMQ has and would only garble logs.
+    """
+    vhost = decode_segment(vhost, 'vhost')
+    exchange = decode_segment(exchange, 'exchange')
+    routing_key = decode_segment(routing_key, 'routing key')
     for name, value in (('vhost', vhost), ('exchange', exchange),
                         ('routing key', routing_key)):
         if len(value.encode('utf-8')) > SHORT_STRING:
@@ -626,14 +670,16 @@ def query_flag(query, name, default):
 
 
 def form_fields(content_type, body):
-    """[(name, bytes value)] from a urlencoded or multipart/form-data body."""
-    if content_type is None or content_type.strip().lower() == \
-            'application/x-www-form-urlencoded':
+    """[(name, bytes value)] from a urlencoded or multipart/form-data body,
+    or None when the Content-Type names neither: that body is published as
+    it is.  No Content-Type at all means urlencoded, as in the original."""
+    if content_type is None or content_type.strip().lower() in \
+            ('', URLENCODED):
         return urlencoded_fields(body)
     header = email.message.Message()
     header['Content-Type'] = content_type
     kind = header.get_content_type()
-    if kind == 'application/x-www-form-urlencoded':
+    if kind == URLENCODED:
         return urlencoded_fields(body)
     if kind == 'multipart/form-data':
         boundary = header.get_param('boundary')
@@ -642,9 +688,13 @@ def form_fields(content_type, body):
             raise HTTPError(400, 'the multipart Content-Type has no usable '
                             'boundary')
         return multipart_fields(body, boundary.encode('ascii'))
-    raise HTTPError(415, 'Content-Type %s is not supported: send '
-                    'application/x-www-form-urlencoded or '
-                    'multipart/form-data' % kind)
+    return None
+
+
+def query_fields(query):
+    """The fields of a query string, byte-exact as form fields are: the
+    request line was read as latin-1, one character per byte."""
+    return urlencoded_fields(query.encode('latin-1'))
 
 
 def urlencoded_fields(body):
@@ -655,9 +705,19 @@ def urlencoded_fields(body):
     for piece in body.split(b'&'):
         if piece:
             name, _, value = piece.partition(b'=')
-            fields.append((field_name(form_unquote(name)),
+            fields.append((known_field_name(name) if len(name) <= 64
+                           else field_name(form_unquote(name)),
                            form_unquote(value)))
     return fields
+
+
+@functools.lru_cache(maxsize=4096)
+def known_field_name(raw):
+    """A short field name, decoded once: a batch sends the same
+    messages%5B0%5D%5Bbody%5D in every request, and decoding them was a
+    quarter of its time.  Long names are not kept; a refused one raises and
+    is not kept."""
+    return field_name(form_unquote(raw))
 
 
 def form_unquote(raw):
@@ -751,7 +811,7 @@ def text(value, field):
 
 
 def bad_field(field, problem):
-    return HTTPError(400, 'field %s %s' % (field, problem))
+    return FieldError(field, problem)
 
 
 def whole_number(fields, field, low, high):
@@ -846,6 +906,195 @@ def amqp_properties(properties):
                         % (str(error) or type(error).__name__)) from None
 
 
+def form_message(exchange, routing_key, fields, headers, user, mandatory):
+    """The message a form's fields describe."""
+    return statelessd_amqp.Message(
+        exchange, routing_key, fields.get('body', b''),
+        amqp_properties(message_properties(fields, headers, user)),
+        mandatory)
+
+
+def batch_form_message(exchange, routing_key, pairs, user, mandatory):
+    """A form batch's message: its routing key is the path's unless its
+    fields name one."""
+    fields, headers = message_fields(pairs)
+    if 'routing_key' in fields:
+        routing_key = short_string(text(fields['routing_key'],
+                                        'routing_key'), 'routing_key')
+    return form_message(exchange, routing_key, fields, headers, user,
+                        mandatory)
+
+
+def raw_message(exchange, routing_key, body, content_type, query, user,
+                mandatory):
+    """A body published as it is, its properties named in the query string
+    and its content_type the request's unless the query names one."""
+    fields, headers = message_fields(query_fields(query))
+    fields['body'] = body
+    if 'content_type' not in fields:
+        fields['content_type'] = content_type.encode('latin-1')
+    return form_message(exchange, routing_key, fields, headers, user,
+                        mandatory)
+
+
+def short_string(value, field):
+    if len(value.encode('utf-8')) > SHORT_STRING:
+        raise bad_field(field, 'is longer than %d bytes' % SHORT_STRING)
+    return value
+
+
+#: messages[<index>]<the field's name, in brackets>: a form batch's fields,
+#: as PHP's http_build_query(['messages' => $list]) names them.
+BATCH_FIELD = re.compile(r'messages\[([^\]]*)\]\[([^\]]*)\](.*)\Z', re.S)
+
+
+def is_form_batch(pairs):
+    return any(name.startswith('messages[') for name, _ in pairs)
+
+
+def form_batch(pairs, limit):
+    """The fields of each message of a form batch, in index order.
+
+    Indices run from 0 without gaps: a gap is more likely a client's
+    mistake than a plan, and each result must answer one index.
+    """
+    groups = {}
+    for name, value in pairs:
+        match = BATCH_FIELD.match(name)
+        if match is None:
+            raise bad_field(name, 'is not part of a batch: send '
+                            'messages[<index>][<field>] fields only')
+        index, field, rest = match.groups()
+        if not is_digits(index) or len(index) > 9:
+            raise bad_field(name, 'has an index that is not a whole number')
+        groups.setdefault(int(index), []).append((field + rest, value))
+    if len(groups) > limit:
+        raise batch_too_large(len(groups), limit)
+    missing = next((i for i in range(len(groups)) if i not in groups), None)
+    if missing is not None:
+        raise bad_field('messages[%d]' % missing, 'is missing: the indices '
+                        'must run from 0 without gaps')
+    return [groups[index] for index in range(len(groups))]
+
+
+def batch_too_large(size, limit):
+    return HTTPError(413, 'the batch of %d messages exceeds the limit of %d '
+                     '(HTTPServer.max_batch_size)' % (size, limit))
+
+
+def batch_messages(items, build):
+    """A message from each item, every one checked before any is
+    published: the first bad one answers 400 naming its index."""
+    if not items:
+        raise HTTPError(400, 'the batch has no messages')
+    messages = []
+    for index, item in enumerate(items):
+        try:
+            messages.append(build(item))
+        except FieldError as error:
+            raise error.within('messages[%d]' % index) from None
+    return messages
+
+
+def json_document(body):
+    """The request body as JSON: UTF-8, numbers with a fraction as AMQP
+    decimals, strings that encode as UTF-8, and nesting within the
+    interpreter's recursion limit."""
+    try:
+        document = json.loads(body.decode('utf-8'),
+                              parse_float=header_decimal,
+                              parse_constant=json_constant)
+        json.dumps(document, ensure_ascii=False, default=str).encode('utf-8')
+    except UnicodeDecodeError:
+        raise HTTPError(400, 'the body is not valid UTF-8') from None
+    except UnicodeEncodeError:
+        raise HTTPError(400, 'the body contains an unpaired surrogate') \
+            from None
+    except RecursionError:
+        raise HTTPError(400, 'the body is nested too deeply') from None
+    except ValueError as error:
+        raise HTTPError(400, 'the body is not valid JSON: %s' % error) \
+            from None
+    if not isinstance(document, (dict, list)):
+        raise HTTPError(400, 'the body must be a JSON object, or an array of '
+                        'objects for a batch')
+    return document
+
+
+def json_constant(name):
+    raise ValueError('%s is not a number AMQP can carry' % name)
+
+
+def api_message(exchange, document, user):
+    """A message from one object in the management API's publish shape.
+
+    properties and payload_encoding may be left out: they default to {} and
+    string.  Other keys are ignored, as the management API does:
+    rabbitmqadmin sends vhost and exchange too.
+    """
+    if not isinstance(document, dict):
+        raise bad_field('', 'must be a JSON object')
+    routing_key = short_string(json_string(document, 'routing_key'),
+                               'routing_key')
+    payload = json_string(document, 'payload')
+    encoding = document.get('payload_encoding', 'string')
+    if encoding == 'string':
+        body = payload.encode('utf-8')
+    elif encoding == 'base64':
+        try:
+            body = base64.b64decode(payload, validate=True)
+        except ValueError:
+            raise bad_field('payload', 'is not valid base64') from None
+    else:
+        raise bad_field('payload_encoding', "must be 'string' or 'base64'")
+    properties = document.get('properties', {})
+    if not isinstance(properties, dict):
+        raise bad_field('properties', 'must be a JSON object')
+    try:
+        fields, headers = json_property_fields(properties)
+        basic_properties = amqp_properties(message_properties(fields, headers,
+                                                              user))
+    except FieldError as error:
+        raise error.within('properties') from None
+    return statelessd_amqp.Message(exchange, routing_key, body,
+                                   basic_properties, mandatory=True)
+
+
+def json_string(document, key):
+    if key not in document:
+        raise bad_field(key, 'is missing')
+    if not isinstance(document[key], str):
+        raise bad_field(key, 'must be a string')
+    return document[key]
+
+
+#: Properties that are numbers; expiration is a string in AMQP, but a
+#: number of milliseconds all the same.
+NUMBER_FIELDS = ('delivery_mode', 'priority', 'timestamp', 'expiration')
+
+
+def json_property_fields(properties):
+    """The form fields a JSON properties object stands for, so that both
+    shapes pass the same checks: text as UTF-8, whole numbers as their
+    digits.  headers is a JSON object, returned apart."""
+    fields = {}
+    for name, value in properties.items():
+        if name == 'headers':
+            if not isinstance(value, dict):
+                raise bad_field('headers', 'must be a JSON object')
+        elif name in NUMBER_FIELDS and isinstance(value, int) \
+                and not isinstance(value, bool):
+            fields[name] = str(value).encode('ascii')
+        elif name in NUMBER_FIELDS + SHORT_STRING_FIELDS:
+            if not isinstance(value, str):
+                raise bad_field(name, 'must be a %s' % (
+                    'whole number' if name in NUMBER_FIELDS else 'string'))
+            fields[name] = value.encode('utf-8')
+        else:
+            raise bad_field(name, 'is not an AMQP basic property')
+    return fields, dict(properties.get('headers', {}))
+
+
 # -- HTTP ------------------------------------------------------------------------
 
 ERROR_STATUS = {
@@ -862,6 +1111,24 @@ ERROR_STATUS = {
     statelessd_amqp.SpoolFailed: 503,
     statelessd_amqp.ConfirmTimeout: 504,
 }
+
+
+def require_post(method):
+    if method != 'POST':
+        raise HTTPError(405, 'a publish path accepts POST only',
+                        {'Allow': 'POST'})
+
+
+def unrouted(error):
+    """A mandatory message returned as unroutable: the management API
+    answers it {"routed": false}, not as a failure."""
+    return isinstance(error, statelessd_amqp.Unroutable)
+
+
+def failure(error):
+    """A failed message's result in a batch's answer."""
+    problem = publish_error(error)
+    return {'status': problem.status, 'reason': problem.reason}
 
 
 def publish_error(error):
@@ -1030,6 +1297,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         request_timeout to arrive in full."""
         config = self.worker.config
         self.status = None
+        self.published = 0
         self.headers = RequestHeaders()
         self.unread_body = False
         self.watch.until(time.monotonic() + config.socket_timeout)
@@ -1191,7 +1459,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def record(self, method, status):
         self.worker.requests.record(method or 'UNKNOWN', status,
-                                    time.monotonic() - self.started)
+                                    time.monotonic() - self.started,
+                                    self.published)
 
     def route(self, method):
         path, _, query = self.path.partition('?')
@@ -1207,14 +1476,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 and self.worker.config.static:
             self.send_static(path[len('/static/'):])
             return
+        target = api_target(path)
+        if target is not None:
+            require_post(method)
+            self.publish_api(target)
+            return
         target = publish_target(path)
         if target is None:
             raise HTTPError(404, 'no such resource: publish to '
-                            '/<vhost>/<exchange>/<routing_key>')
-        if method != 'POST':
-            raise HTTPError(405, 'a publish path accepts POST only',
-                            {'Allow': 'POST'})
-        self.publish(target, urllib.parse.parse_qs(query) if query else {})
+                            '/<vhost>/<exchange>/<routing_key> or '
+                            '/api/exchanges/<vhost>/<exchange>/publish')
+        require_post(method)
+        self.publish(target, query)
 
     def send_dashboard(self):
         self.send_body(200, 'text/html; charset=utf-8', self.worker.dashboard)
@@ -1265,40 +1538,122 @@ class Handler(http.server.BaseHTTPRequestHandler):
                        json.dumps(document).encode() + b'\n', headers)
 
     def publish(self, target, query):
+        """The original's form API; a body that is not a form is published
+        as it is, and messages[i][...] fields make a batch."""
         vhost, exchange, routing_key = target
         user, password = basic_credentials(self.headers.get('Authorization'))
+        flags = urllib.parse.parse_qs(query) if query else {}
+        confirm = query_flag(flags, 'confirm', self.worker.config.confirm)
+        mandatory = query_flag(flags, 'mandatory', False)
         content_type = self.headers.get('Content-Type')
-        confirm = query_flag(query, 'confirm', self.worker.config.confirm)
-        mandatory = query_flag(query, 'mandatory', False)
-        fields, headers = message_fields(form_fields(content_type,
-                                                     self.read_body()))
-        basic_properties = amqp_properties(
-            message_properties(fields, headers, user))
-        message = statelessd_amqp.Message(exchange, routing_key,
-                                          fields.get('body', b''),
-                                          basic_properties, mandatory)
+        body = self.read_body()
+        pairs = form_fields(content_type, body)
+        if pairs is None:
+            message = raw_message(exchange, routing_key, body, content_type,
+                                  query, user, mandatory)
+        elif is_form_batch(pairs):
+            messages = batch_messages(
+                form_batch(pairs, self.worker.config.max_batch_size),
+                lambda fields: batch_form_message(exchange, routing_key,
+                                                  fields, user, mandatory))
+            self.publish_form_batch(vhost, user, password, messages, confirm)
+            return
+        else:
+            fields, headers = message_fields(pairs)
+            message = form_message(exchange, routing_key, fields, headers,
+                                   user, mandatory)
         try:
             self.worker.registry.publish(vhost, user, password, message,
                                          confirm)
+            self.published = 1
             self.await_outcome(message, confirm)
         except statelessd_amqp.PublishError as error:
             raise publish_error(error) from None
         self.send_body(204)
 
-    def await_outcome(self, message, confirm):
-        if message.done is None:
+    def publish_form_batch(self, vhost, user, password, messages, confirm):
+        """200 {"published": N}, with a result per message in confirm mode;
+        else the first failure's status and every message's result."""
+        errors = self.publish_all(vhost, user, password, messages, confirm)
+        results = [{'status': 204} if error is None else failure(error)
+                   for error in errors]
+        answer = {'published': errors.count(None), 'results': results}
+        self.send_batch_answer(errors, answer if confirm else
+                               {'published': answer['published']}, answer)
+
+    def publish_api(self, target):
+        """The management API's publish: mandatory, confirmed, answered
+        {"routed": ...}; a JSON array is a batch."""
+        vhost, exchange = target
+        user, password = basic_credentials(self.headers.get('Authorization'))
+        document = json_document(self.read_body())
+        if isinstance(document, dict):
+            error = self.publish_all(vhost, user, password,
+                                     [api_message(exchange, document, user)],
+                                     True)[0]
+            if error is not None and not unrouted(error):
+                raise publish_error(error)
+            self.send_json(200, {'routed': error is None})
             return
-        timeout = self.worker.config.confirm_timeout
-        if not message.done.wait(timeout):
+        if len(document) > self.worker.config.max_batch_size:
+            raise batch_too_large(len(document),
+                                  self.worker.config.max_batch_size)
+        messages = batch_messages(
+            document, lambda item: api_message(exchange, item, user))
+        errors = self.publish_all(vhost, user, password, messages, True)
+        failures = [None if unrouted(error) else error for error in errors]
+        results = [{'routed': error is None} if problem is None
+                   else failure(problem)
+                   for error, problem in zip(errors, failures)]
+        self.send_batch_answer(failures, results, {'results': results})
+
+    def publish_all(self, vhost, user, password, messages, confirm):
+        """Publish messages in their order on one publisher; the outcome of
+        each, None or its PublishError."""
+        try:
+            self.worker.registry.publish_batch(vhost, user, password,
+                                               messages, confirm)
+        except statelessd_amqp.PublishError as error:
+            raise publish_error(error) from None
+        self.published = len(messages)
+        deadline = time.monotonic() + self.worker.config.confirm_timeout
+        return [self.outcome(message, confirm, deadline)
+                for message in messages]
+
+    def send_batch_answer(self, errors, answer, details):
+        """200 with answer when every message went, else the first failure's
+        status, its error document holding details (every message's result):
+        a batch is not a transaction, and a client retries exactly the
+        failed ones."""
+        for index, error in enumerate(errors):
+            if error is not None:
+                problem = publish_error(error)
+                problem.reason = 'messages[%d]: %s' % (index, problem.reason)
+                problem.details = details
+                raise problem
+        self.send_json(200, answer)
+
+    def await_outcome(self, message, confirm):
+        error = self.outcome(message, confirm, time.monotonic() +
+                             self.worker.config.confirm_timeout)
+        if error is not None:
+            raise error
+
+    def outcome(self, message, confirm, deadline):
+        """None once the message is taken (confirmed, in confirm mode), or
+        its PublishError; waits until deadline at most."""
+        if message.done is None:
+            return None
+        if not message.done.wait(max(0.0, deadline - time.monotonic())):
             message.abandoned = True
             if confirm:
-                raise statelessd_amqp.ConfirmTimeout(
+                return statelessd_amqp.ConfirmTimeout(
                     'RabbitMQ did not confirm the message within %ss'
-                    % timeout)
-            raise statelessd_amqp.BrokerUnavailable(
-                'RabbitMQ did not take the message within %ss' % timeout)
-        if message.error is not None:
-            raise message.error
+                    % self.worker.config.confirm_timeout)
+            return statelessd_amqp.BrokerUnavailable(
+                'RabbitMQ did not take the message within %ss'
+                % self.worker.config.confirm_timeout)
+        return message.error
 
     def body_framing(self):
         """How the request's body is delimited (RFC 9112 section 6): its
@@ -1452,8 +1807,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         that a client still sending reads the answer rather than a reset."""
         self.close_connection = True
         self.linger = True
-        body = json.dumps({'error': http.HTTPStatus(error.status).phrase,
-                           'reason': error.reason[:300]}).encode()
+        document = {'error': http.HTTPStatus(error.status).phrase,
+                    'reason': error.reason[:300]}
+        document.update(error.details)
+        body = json.dumps(document).encode()
         self.send_body(error.status, 'application/json', body, error.headers)
 
     def send_error(self, code, message=None, explain=None):

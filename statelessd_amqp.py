@@ -465,35 +465,50 @@ class Publisher(threading.Thread):
         return report
 
     def submit(self, message, confirm):
-        """Take a message, or raise QueueFull or PublisherClosed.
+        """Take a message, or raise QueueFull or PublisherClosed."""
+        self.submit_batch([message], confirm)
+
+    def submit_batch(self, messages, confirm):
+        """Take messages in their order, all or none, or raise QueueFull,
+        PublisherClosed or, while RabbitMQ blocks publishing, the block.
 
         A message whose request waits for the outcome (confirm mode, or an
         exchange this publisher has not checked yet) is not spooled: the
-        client learns what happened.  Any other is answered 204 at once, so
+        client learns what happened.  Any other is answered at once, so
         it goes to the spool first, when there is one.  While RabbitMQ
         blocks publishing, a request that would wait for the outcome is
-        refused at once.
+        refused at once.  The messages enter the queue together, so that
+        one write can carry them all.
         """
-        waits = confirm or message.exchange not in self._known_exchanges
         blocked_by = self.blocked_by
-        if blocked_by is not None and waits and message.spool_id is None:
+        if blocked_by is not None and any(self._waits(message, confirm)
+                                          for message in messages):
             raise blocked_error(blocked_by)
-        if self.pending >= self.settings.max_queue_size:
-            raise QueueFull('%s:%s holds %d messages, its limit'
-                            % (self.vhost, self.user, self.pending))
-        if message.spool_id is None:
-            if waits:
+        if self.pending + len(messages) > self.settings.max_queue_size:
+            raise QueueFull('%s:%s holds %d messages; %d more would pass '
+                            'its limit of %d' % (self.vhost, self.user,
+                                                 self.pending, len(messages),
+                                                 self.settings.max_queue_size))
+        for message in messages:
+            if self._waits(message, confirm):
                 message.done = threading.Event()
-            elif self._spool is not None:
+            elif message.spool_id is None and self._spool is not None:
                 self._spool.add(self.vhost, self.user, self._password,
                                 message)
         with self._closed_lock:
             if self._closed:
                 raise PublisherClosed()
             self._last_used = time.monotonic()
-            self._queue.put(message)
+            for message in messages:
+                self._queue.put(message)
         self._wake()
         self._keep_pace()
+
+    def _waits(self, message, confirm):
+        """Whether the message's request waits for its outcome; a spooled
+        message's request was answered long ago."""
+        return message.spool_id is None and (
+            confirm or message.exchange not in self._known_exchanges)
 
     def _keep_pace(self):
         """Hold the request while this connected publisher lags behind.
@@ -1389,10 +1404,14 @@ class Registry:
 
     def publish(self, vhost, user, password, message, confirm):
         """Hand a message to vhost/user's publisher, starting one if need be."""
+        self.publish_batch(vhost, user, password, [message], confirm)
+
+    def publish_batch(self, vhost, user, password, messages, confirm):
+        """Hand messages to one publisher in their order, all or none."""
         for _ in range(3):
             publisher = self.publisher_for(vhost, user, password)
             try:
-                publisher.submit(message, confirm)
+                publisher.submit_batch(messages, confirm)
                 return
             except PublisherClosed:
                 self._discard(publisher)

@@ -38,8 +38,9 @@ class RequestCounters:
         self._processing_time = 0.0
         self._durations = [0] * (len(DURATION_BUCKETS) + 1)
 
-    def record(self, method, status, seconds):
-        self._recorded.append((method, status, seconds))
+    def record(self, method, status, seconds, messages=0):
+        """messages: how many messages the request handed to publishers."""
+        self._recorded.append((method, status, seconds, messages))
         if len(self._recorded) > self.FOLD_AFTER:
             self._fold()
 
@@ -47,9 +48,10 @@ class RequestCounters:
         with self._lock:
             recorded = self._recorded
             while recorded:
-                method, status, seconds = recorded.popleft()
+                method, status, seconds, messages = recorded.popleft()
                 self._counts['response.%d' % status] += 1
                 self._counts['method.%s' % method] += 1
+                self._counts['messages'] += messages
                 self._processing_time += seconds
                 self._durations[bisect.bisect_left(DURATION_BUCKETS,
                                                    seconds)] += 1
@@ -58,6 +60,7 @@ class RequestCounters:
         self._fold()
         with self._lock:
             report = dict(self._counts)
+            report['messages'] = self._counts['messages']
             report['processing_time'] = self._processing_time
         return report
 
@@ -289,6 +292,10 @@ def add_port_metrics(metrics, port, document):
             metrics.add('statelessd_http_requests_total', 'counter',
                         'HTTP requests by method.',
                         port + (('method', label),), value)
+        elif kind == 'messages':
+            metrics.add('statelessd_http_messages_total', 'counter',
+                        'Messages HTTP requests handed to publishers, one '
+                        'per message of a batch.', port, value)
     add_histogram(metrics, port, document['request_duration'])
     cpu = document['cpu_time']
     metrics.add('process_cpu_seconds_total', 'counter',
@@ -488,6 +495,7 @@ function renderTotals(all) {
            "total-connections"),
     figure("blocked", number(t.blocked), "total-blocked"),
     figure("requests", number(responses), "total-requests"),
+    figure("messages", number(t.requests.messages || 0), "total-messages"),
     figure("cpu", `${(cpuRate * 100).toFixed(0)}%`, "total-cpu"),
     figure("memory", mebibytes(t.resident_memory), "total-memory"));
 }

@@ -16,6 +16,13 @@ bench/results.md.  Rows:
  6. nginx in front of several statelessd ports, against row 1
  7. latencies (wrk --latency), non-2xx counts, and each statelessd worker's
     RSS with idle vhost/user publishers
+ 8. batches of BATCH_SIZE messages in one request, as a form batch
+    (fire-and-forget) and as a JSON array to statelessd's management API
+    endpoint (confirmed), in messages per second, against the raw pika loop
+    and fire-and-forget single messages
+ 9. statelessd's management API endpoint against RabbitMQ's own, same
+    message, same load
+10. the message as a raw text/plain body against the same message as a form
 
 Environment: BENCH_SECONDS (per row, default 10), BENCH_ROUNDS (default 1:
 run all rows that many times in turn and report each row's median round, for
@@ -94,7 +101,15 @@ ROUTING_KEY = 'x'
 #: The benchmark message: 64 bytes of text/plain.
 PAYLOAD = 'statelessd benchmark message, 64 bytes of text/plain payload....'
 QUEUE_MAX_LENGTH = 10000
+#: Messages in one batch request.
+BATCH_SIZE = 100
 APT_PACKAGES = ('wrk', 'php-cli', 'php-curl', 'php-amqp', 'nginx')
+
+
+#: The benchmark message in the management API's shape.
+API_MESSAGE = {'properties': {'content_type': 'text/plain'},
+               'routing_key': ROUTING_KEY, 'payload': PAYLOAD,
+               'payload_encoding': 'string'}
 
 
 class BenchError(Exception):
@@ -802,6 +817,10 @@ class Bench:
             self.measure('confirm', self.confirm)
             self.measure('management', self.management_api)
             self.measure('pika', self.pika_loop)
+            self.measure('batch-form', self.form_batches)
+            self.measure('batch-json', self.json_batches)
+            self.measure('api', self.statelessd_api)
+            self.measure('raw', self.raw_bodies)
             self.measure('php-statelessd', self.php_statelessd)
             self.measure('php-amqp', self.php_amqp)
             for count in NGINX_PORTS:
@@ -827,24 +846,27 @@ class Bench:
                 log('profile: %s' % error)
 
     def statelessd_row(self, key, name, query='', ports=None, url=None,
-                       notes=''):
+                       notes='', script='statelessd.lua', body=None,
+                       messages=1):
+        """A wrk row against statelessd; messages is how many messages each
+        request carries, and a row of batches is reported in msg/s."""
         self.need('wrk')
         ports = ports or [self.port]
         before = self.statelessd.totals(ports)
         figures = wrk(url or 'http://127.0.0.1:%d%s%s'
                       % (self.port, self.path, query),
-                      'statelessd.lua', self.form)
+                      script, self.form if body is None else body)
         drained = self.statelessd.drain(ports)
         published = self.statelessd.totals(ports) - before
-        if published < figures['requests'] - figures['non2xx']:
-            raise BenchError('statelessd answered %d requests with 2xx but '
-                             'published only %d messages'
-                             % (figures['requests'] - figures['non2xx'],
-                                published))
+        answered = (figures['requests'] - figures['non2xx']) * messages
+        if published < answered:
+            raise BenchError('statelessd answered 2xx for %d messages but '
+                             'published only %d' % (answered, published))
         if drained > 0.5:
             notes = (notes + '; ' if notes else '') + (
                 'queue drained %.1f s after the run' % drained)
-        return Row(key, name, figures['rate'], 'req/s', figures['p50'],
+        return Row(key, name, figures['rate'] * messages,
+                   'msg/s' if messages > 1 else 'req/s', figures['p50'],
                    figures['p99'], figures['non2xx'], figures['errors'], notes)
 
     # rows
@@ -857,15 +879,44 @@ class Bench:
 
     def management_api(self):
         self.need('wrk')
-        url = 'http://127.0.0.1:%d/api/exchanges/%%2f/%s/publish' % (
-            MANAGEMENT_PORT, urllib.parse.quote(self.broker.name))
-        body = json.dumps({'properties': {'content_type': 'text/plain'},
-                           'routing_key': ROUTING_KEY, 'payload': PAYLOAD,
-                           'payload_encoding': 'string'})
-        figures = wrk(url, 'management.lua', body)
+        figures = wrk(self.api_url(MANAGEMENT_PORT), 'management.lua',
+                      json.dumps(API_MESSAGE))
         return Row('management', 'management API publish', figures['rate'],
                    'req/s', figures['p50'], figures['p99'], figures['non2xx'],
                    figures['errors'], '')
+
+    def api_url(self, port):
+        return 'http://127.0.0.1:%d/api/exchanges/%%2f/%s/publish' % (
+            port, urllib.parse.quote(self.broker.name))
+
+    def form_batches(self):
+        body = urllib.parse.urlencode([
+            ('messages[%d][%s]' % (index, name), value)
+            for index in range(BATCH_SIZE)
+            for name, value in (('body', PAYLOAD),
+                                ('content_type', 'text/plain'))])
+        return self.statelessd_row(
+            'batch-form', 'statelessd form batches', body=body,
+            messages=BATCH_SIZE,
+            notes='%d messages a request, fire-and-forget' % BATCH_SIZE)
+
+    def json_batches(self):
+        return self.statelessd_row(
+            'batch-json', 'statelessd JSON batches',
+            url=self.api_url(self.port), script='management.lua',
+            body=json.dumps([API_MESSAGE] * BATCH_SIZE), messages=BATCH_SIZE,
+            notes='%d messages a request, confirmed' % BATCH_SIZE)
+
+    def statelessd_api(self):
+        return self.statelessd_row(
+            'api', 'statelessd management API endpoint',
+            url=self.api_url(self.port), script='management.lua',
+            body=json.dumps(API_MESSAGE), notes='mandatory, confirmed')
+
+    def raw_bodies(self):
+        return self.statelessd_row('raw', 'statelessd raw body',
+                                   script='raw.lua', body=PAYLOAD,
+                                   notes='fire-and-forget, text/plain')
 
     def pika_loop(self):
         results = run_clients([[sys.executable,
@@ -1085,10 +1136,14 @@ def ratio(a, b):
 
 
 ROW_ORDER = ['ff', 'confirm', 'management', 'pika', 'php-statelessd',
-             'php-amqp']
+             'php-amqp', 'batch-form', 'batch-json', 'api', 'raw']
 BASELINE = {'ff': ('management', 'management API'),
             'confirm': ('management', 'management API'),
             'php-statelessd': ('php-amqp', 'PHP connection per message'),
+            'batch-form': ('pika', 'raw pika loop'),
+            'batch-json': ('pika', 'raw pika loop'),
+            'api': ('management', 'management API'),
+            'raw': ('ff', 'form fire-and-forget'),
             }
 
 
@@ -1100,6 +1155,11 @@ def targets(bench):
         ('confirm ≥ 3× management API', 'confirm', 'management', 3.0),
         ('PHP through statelessd ≥ 4× PHP connection-per-message',
          'php-statelessd', 'php-amqp', 4.0),
+        ('form batches ≥ 1.5× raw pika loop', 'batch-form', 'pika', 1.5),
+        ('JSON batches ≥ 1.5× raw pika loop', 'batch-json', 'pika', 1.5),
+        ('management API endpoint ≥ 4× management API', 'api',
+         'management', 4.0),
+        ('raw body ≥ 0.9× form fire-and-forget', 'raw', 'ff', 0.9),
     ]
     lines = []
     for label, a, b, goal in checks:
@@ -1108,7 +1168,8 @@ def targets(bench):
             lines.append((label, 'not measured', False))
         else:
             lines.append((label, '%.2f×' % value, value >= goal))
-    statelessd_rows = [k for k in ['ff', 'confirm', 'php-statelessd'] +
+    statelessd_rows = [k for k in ['ff', 'confirm', 'php-statelessd',
+                                   'batch-form', 'batch-json', 'api', 'raw'] +
                        ['nginx-%d' % n for n in NGINX_PORTS]]
     measured = [rows[k] for k in statelessd_rows if k in rows]
     bad = ['%s: %d non-2xx, %d socket errors' % (r.name, r.non2xx, r.errors)
@@ -1130,7 +1191,8 @@ def report(bench, started):
                '| statelessd CPU | RabbitMQ CPU | ratio | notes |')
     out.append('|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|')
     number = {'ff': '1', 'confirm': '2', 'management': '3', 'pika': '4',
-              'php-statelessd': '5a', 'php-amqp': '5b'}
+              'php-statelessd': '5a', 'php-amqp': '5b', 'batch-form': '8a',
+              'batch-json': '8b', 'api': '9', 'raw': '10'}
     keys = ROW_ORDER + ['nginx-%d' % n for n in NGINX_PORTS]
     for key in keys:
         label = number.get(key, '6')
@@ -1152,6 +1214,10 @@ def report(bench, started):
         else:
             other, base = BASELINE[key][:2]
             value = ratio(row, rows.get(other))
+        if key.startswith('batch-') and value is not None \
+                and rows.get('ff'):
+            base += '; %.2f× fire-and-forget single messages' % ratio(
+                row, rows['ff'])
         if base == 'baseline':
             ratio_text = 'baseline'
         elif value is None:
@@ -1220,7 +1286,7 @@ def report(bench, started):
         text += ['', '## Worker memory', ''] + rss
     if profile:
         text += ['', '## Where a worker spends its time', ''] + profile
-    text += ['', '## Method', '', METHOD.strip()]
+    text += ['', '## Method', '', METHOD.strip() % BATCH_SIZE]
     return '\n'.join(text) + '\n', table, target_lines, rss
 
 
@@ -1238,11 +1304,15 @@ processes side by side, each looping for the stated seconds: a new curl
 handle (and TCP connection) per message to one statelessd port, or a new
 php-amqp connection per message straight to RabbitMQ. The nginx rows put
 nginx (upstream keepalive 32, HTTP/1.1) in front of the first N ports of
-the same statelessd. Worker memory is VmRSS from /proc after each worker
+the same statelessd. The batch rows post %d messages a request (a
+urlencoded messages[i][field] form, fire-and-forget, or a JSON array to
+statelessd's management API endpoint, confirmed) and are reported in
+messages per second; statelessd's management API endpoint and the raw body
+(text/plain) rows send the same message as rows 3 and 1. Worker memory is VmRSS from /proc after each worker
 has opened one publisher per benchmark user (created through the
 management API, deleted afterwards). The CPU columns are the CPU time the
 statelessd workers and the RabbitMQ node used during the row, in percent of
-one core (100% is one core busy throughout).
+one core (100%% is one core busy throughout).
 """
 
 

@@ -44,8 +44,16 @@ def client_error(call, *args):
 def parse_message(content_type, body, user):
     """What Handler.publish does with a request's body: fields, properties
     and the AMQP encoding of them."""
-    fields, headers = statelessd.message_fields(
-        statelessd.form_fields(content_type, body))
+    pairs = statelessd.form_fields(content_type, body)
+    if pairs is None:
+        # Header values arrive as latin-1 text, one character per byte.
+        wire_type = content_type.encode('utf-8').decode('latin-1')
+        message = statelessd.raw_message('x', 'rk', body, wire_type, '',
+                                         user, False)
+        return message.body, {name: value for name, value
+                              in vars(message.properties).items()
+                              if value is not None}
+    fields, headers = statelessd.message_fields(pairs)
     properties = statelessd.message_properties(fields, headers, user)
     statelessd.amqp_properties(properties)
     return fields.get('body', b''), properties
@@ -271,3 +279,60 @@ def json_object(mapping):
 def test_user_id_of_someone_else_is_refused():
     error = client_error(parse_message, None, b'user_id=admin', 'guest')
     assert isinstance(error, statelessd.HTTPError) and error.status == 400
+
+
+# -- JSON and batches ------------------------------------------------------------
+
+def parse_api(body, user='u'):
+    """What Handler.publish_api does with a body before publishing."""
+    document = statelessd.json_document(body)
+    if isinstance(document, dict):
+        return [statelessd.api_message('x', document, user)]
+    return statelessd.batch_messages(
+        document, lambda item: statelessd.api_message('x', item, user))
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | TEXT,
+    lambda children: st.lists(children, max_size=4) |
+    st.dictionaries(TEXT, children, max_size=4), max_leaves=12)
+API_OBJECT = st.fixed_dictionaries({}, optional={
+    'routing_key': JSON | TEXT, 'payload': JSON | TEXT,
+    'payload_encoding': st.sampled_from(['string', 'base64', 'hex']) | JSON,
+    'properties': JSON | st.dictionaries(
+        st.sampled_from(['app_id', 'priority', 'delivery_mode', 'timestamp',
+                         'expiration', 'headers', 'user_id', 'colour']),
+        JSON, max_size=4)})
+
+
+@SETTINGS
+@given(st.binary())
+@example(b'[' * 50000)
+@example(b'{"a": ' * 50000)
+@example(b'[{"routing_key": "r", "payload": "\\udc00"}]')
+def test_any_json_body_is_messages_or_4xx(body):
+    client_error(parse_api, body)
+
+
+@SETTINGS
+@given(API_OBJECT | st.lists(API_OBJECT, max_size=4) | JSON)
+def test_any_json_document_is_messages_or_4xx(document):
+    result = client_error(parse_api, json.dumps(document).encode())
+    if not isinstance(result, statelessd.HTTPError):
+        assert all(isinstance(message.body, bytes) for message in result)
+
+
+BATCH_NAME = st.text(alphabet='messag[]01x_bodyhr-', max_size=30)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(BATCH_NAME, st.binary(max_size=20)), max_size=8))
+@example([('messages[0][body]', b'a'), ('messages[2][body]', b'c')])
+@example([('messages[99999999999][body]', b'a')])
+def test_any_form_batch_is_messages_or_4xx(pairs):
+    def parse(pairs):
+        return statelessd.batch_messages(
+            statelessd.form_batch(pairs, 1000),
+            lambda fields: statelessd.batch_form_message(
+                'x', 'rk', fields, 'u', False))
+    client_error(parse, pairs)

@@ -38,8 +38,15 @@ MALFORMED = [
 ]
 
 
-def post(vhost, auth, extra_headers=b'', body=b'body=x'):
-    return (b'POST /' + vhost.encode() + b'/amq.topic/hostile HTTP/1.1\r\n'
+#: The management API's publish path, after /api/exchanges/<vhost>.
+API_PATH = '/amq.topic/publish'
+
+
+def post(vhost, auth, extra_headers=b'', body=b'body=x',
+         path='/amq.topic/hostile'):
+    if path == API_PATH:
+        vhost = 'api/exchanges/' + vhost
+    return (b'POST /' + vhost.encode() + path.encode() + b' HTTP/1.1\r\n'
             b'Authorization: ' + auth.encode() + b'\r\n' + extra_headers +
             b'Content-Length: %d\r\n\r\n' % len(body) + body)
 
@@ -58,7 +65,20 @@ def malformed_with_auth(account):
              b'boundary=zz\r\n', body=b'--zz\r\nContent-Disposition: '
              b'form-data; name="body"\r\n\r\ntruncated'),
         post(account.vhost, auth, b'Content-Type: multipart/form-data\r\n'),
-        post(account.vhost, auth, b'Content-Type: text/plain\r\n'),
+        post(account.vhost, auth, b'Content-Type: text/plain\r\n',
+             path='/amq.topic/hostile?priority=999'),
+        post(account.vhost, auth, body=b'messages[x][body]=a'),
+        post(account.vhost, auth, body=b'messages[0][body]=a&'
+             b'messages[2][body]=c'),
+        post(account.vhost, auth, body=b'&'.join(
+            b'messages[%d][priority]=1' % i for i in range(2000))),
+        post(account.vhost, auth, path=API_PATH, body=b'"not an object"'),
+        post(account.vhost, auth, path=API_PATH, body=b'[' * 100000),
+        post(account.vhost, auth, path=API_PATH,
+             body=b'[' + b'{},' * 5000 + b'{}]'),
+        post(account.vhost, auth, path=API_PATH,
+             body=b'{"routing_key": "k", "payload": "!!",'
+                  b' "payload_encoding": "base64"}'),
         post(account.vhost, auth, b'Transfer-Encoding: chunked\r\n',
              body=b'-5\r\nabc'),
         post(account.vhost, auth, b'Transfer-Encoding: gzip\r\n'),

@@ -111,6 +111,7 @@ def test_chromium_renders_every_port(tmp_path):
     assert 'down' in page.ports[hung]['text']
     assert page.figures['total-ports'] == '2 / 3'
     assert count(page.figures['total-publishes']) == 8
+    assert count(page.figures['total-messages']) == 8
     assert page.figures['total-connections'] == '2 / 2'
     assert screenshot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert screenshot.stat().st_size > 20000

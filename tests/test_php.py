@@ -1,4 +1,5 @@
 """The PHP examples in tests/php/ publish through statelessd with curl."""
+import json
 import os
 import secrets
 import shutil
@@ -115,3 +116,23 @@ def test_query_publisher_to_default_exchange(php, server, target,
                    routing_key=target.queue, content_type="text/plain",
                    delivery_mode=2, message_id="php-query-1",
                    headers={"x-a": "1", "x-b": "two"})
+
+
+def test_batch_publisher(php, server, target, assert_message):
+    target.bind("odd")
+    proc = run_php(php, PHP_DIR / "publisher_batch.php",
+                   [url(server, target.path() + "?confirm=1"), "guest",
+                    "guest", 20])
+    assert proc.returncode == 0, proc
+    status, _, answer = proc.stdout.strip().partition(" ")
+    assert status == "200", proc
+    assert json.loads(answer) == {"published": 20,
+                                  "results": [{"status": 204}] * 20}
+    messages = target.consume(20)
+    assert [m.body for m in messages] == [b"message %d" % i
+                                          for i in range(20)]
+    for i, message in enumerate(messages):
+        assert_message(message, b"message %d" % i,
+                       routing_key="odd" if i % 2 else "rk",
+                       message_id="php-batch-%d" % i,
+                       headers={"x-seq": str(i)})

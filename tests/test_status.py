@@ -329,18 +329,7 @@ def test_other_methods_on_publish_path_are_405(http, server, target,
     sentinel_arrives_first(http, server, target, assert_message)
 
 
-# --- 415 -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("content_type", ["text/plain", "application/json",
-                                          "application/octet-stream"])
-def test_unsupported_content_type_is_415(http, server, target, assert_error,
-                                         assert_message, content_type):
-    resp = http.request(server.port, "POST", target.path(),
-                        body=b'body=must+not+arrive',
-                        headers={"Content-Type": content_type}, auth=GUEST)
-    assert_error(resp, 415)
-    sentinel_arrives_first(http, server, target, assert_message)
+# --- Content-Type --------------------------------------------------------
 
 
 def test_content_type_parameters_are_accepted(http, server, target,

@@ -688,6 +688,8 @@ class Publisher(threading.Thread):
         return False
 
     def _retire_if_empty(self):
+        """Close to new messages, unless it holds some: atomic with submit,
+        so that nothing enters a publisher that is going away."""
         with self._closed_lock:
             if self.pending:
                 return False
@@ -910,12 +912,9 @@ class Publisher(threading.Thread):
 
     def _idle(self):
         """Close for good when unused for idle_timeout with nothing held."""
-        if time.monotonic() - self._last_used < self.settings.idle_timeout:
+        if time.monotonic() - self._last_used < self.settings.idle_timeout \
+                or not self._retire_if_empty():
             return False
-        with self._closed_lock:
-            if self.pending:
-                return False
-            self._closed = True
         self._stopping.set()
         return True
 

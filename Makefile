@@ -9,7 +9,7 @@ OLDEST_VENV := .venv-pika-$(PIKA_OLDEST)
 CONFIG ?= statelessd.yaml
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 
-.PHONY: run test soak bench bench-scale wrk venv oldest-pika-venv broker php nginx chromium tls-proxy pythons lintian pyz deb clean
+.PHONY: run test soak bench node-peer bench-scale wrk venv oldest-pika-venv broker php nginx chromium tls-proxy pythons lintian pyz deb clean
 
 run: venv broker
 	$(PY) statelessd.py -c $(CONFIG) -f
@@ -35,10 +35,22 @@ soak: venv broker
 	$(PY) tests/soak.py $(SOAK_MINUTES)
 
 # Throughput, latency and memory side by side with the alternatives; installs
-# wrk, PHP (curl, amqp) and nginx when missing and root, and enables RabbitMQ's
+# wrk, PHP (curl, amqp), nginx and Node.js when missing and root, and enables RabbitMQ's
 # management plugin. BENCH_SECONDS sets the seconds per row (default 10).
-bench: venv broker
+bench: venv broker node-peer
 	$(PY) bench/run.py
+
+# bench/node: the Node.js gateway the benchmark compares with, its amqplib
+# from npm; without Node.js and npm its rows are skipped.
+node-peer:
+	@if ! command -v npm >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -q && $(APT_INSTALL) nodejs npm; \
+	fi
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix bench/node --no-audit --no-fund --loglevel=error; \
+	else \
+	  echo "no npm (apt-get install nodejs npm): the Node.js rows are skipped"; \
+	fi
 
 # Throughput as the ports grow, one wrk per port, then nginx in front, a
 # topic exchange and a paced row; SCALE_PORTS="1 2 4 8 12", SCALE_SECONDS.
@@ -226,4 +238,4 @@ deb: pyz
 	dpkg-deb --root-owner-group -Zxz --build $(DEB_BUILD) dist/statelessd_$(VERSION)_all.deb
 
 clean:
-	rm -rf $(VENV) .venv-* build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-* build dist *.egg-info .pytest_cache bench/node/node_modules

@@ -5,3 +5,4 @@ wrk.method = "POST"
 wrk.body = os.getenv("BENCH_BODY")
 wrk.headers["Content-Type"] = "text/plain"
 wrk.headers["Authorization"] = "Basic " .. os.getenv("BENCH_AUTH")
+dofile(os.getenv("BENCH_DIR") .. "/percentiles.lua")

@@ -23,6 +23,11 @@ bench/results.md.  Rows:
  9. statelessd's management API endpoint against RabbitMQ's own, same
     message, same load
 10. the message as a raw text/plain body against the same message as a form
+11. fire-and-forget with MANY_CONNECTIONS keep-alive connections, the pool
+    nginx keeps over several ports in production, against row 1
+12. the Node.js peer of bench/node (http.createServer and amqplib, one
+    channel, no per-user logins), fire-and-forget and with ?confirm=1,
+    on the same URL, form and load as rows 1 and 2
 
 Environment: BENCH_SECONDS (per row, default 10), BENCH_ROUNDS (default 1:
 run all rows that many times in turn and report each row's median round, for
@@ -34,7 +39,8 @@ py-spy, reported as where the worker's time goes; needs py-spy).
 Everything started is stopped and every user, exchange and queue created is
 deleted on the way out, failures and SIGTERM included.  Missing tools (wrk,
 php-cli, php-curl, php-amqp, nginx) are installed with apt-get when run as
-root; otherwise the rows needing them are skipped.  The rabbitmq_management
+root; otherwise the rows needing them are skipped, as are the Node.js rows
+when `make bench` could not install bench/node with npm.  The rabbitmq_management
 plugin is enabled when RabbitMQ does not serve it yet (and left enabled).
 
 Exit status: 0 when every target passed, 1 when one failed or could not be
@@ -103,6 +109,8 @@ PAYLOAD = 'statelessd benchmark message, 64 bytes of text/plain payload....'
 QUEUE_MAX_LENGTH = 10000
 #: Messages in one batch request.
 BATCH_SIZE = 100
+#: Connections of the many-clients row: nginx's pool over several ports.
+MANY_CONNECTIONS = 256
 APT_PACKAGES = ('wrk', 'php-cli', 'php-curl', 'php-amqp', 'nginx')
 
 
@@ -171,6 +179,21 @@ def port_open(port, host='127.0.0.1'):
         return True
     except OSError:
         return False
+
+
+def wait_for_port(port, process, timeout=15):
+    """Wait until process listens on port; BenchError if it exits."""
+    deadline = time.monotonic() + timeout
+    while not port_open(port):
+        if process.poll() is not None:
+            error = process.stderr.read()
+            raise BenchError('%s exited: %s' % (
+                os.path.basename(process.args[0]),
+                error.decode() if isinstance(error, bytes) else error))
+        if time.monotonic() > deadline:
+            raise BenchError('%s did not listen on %d'
+                             % (os.path.basename(process.args[0]), port))
+        time.sleep(0.05)
 
 
 def free_port():
@@ -628,14 +651,7 @@ class Nginx:
         self.process = spawn([binary, '-p', self.prefix, '-e', 'stderr',
                               '-c', self.conf], stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 15
-        while not port_open(self.port):
-            if self.process.poll() is not None:
-                raise BenchError('nginx exited: %s'
-                                 % self.process.stderr.read().decode())
-            if time.monotonic() > deadline:
-                raise BenchError('nginx did not listen on %d' % self.port)
-            time.sleep(0.05)
+        wait_for_port(self.port, self.process)
 
     def stop(self):
         stop_process(self.process, signal.SIGQUIT)
@@ -644,8 +660,8 @@ class Nginx:
 # -- load generators --------------------------------------------------------------
 
 Row = collections.namedtuple('Row', 'key name rate unit p50 p99 non2xx errors '
-                                    'notes statelessd_cpu broker_cpu',
-                             defaults=(None, None))
+                                    'notes statelessd_cpu broker_cpu p999',
+                             defaults=(None, None, None))
 
 UNITS = {'us': 0.001, 'ms': 1.0, 's': 1000.0, 'm': 60000.0}
 
@@ -660,7 +676,8 @@ def wrk(url, script, body, seconds=None, threads=THREADS,
 def start_wrk(url, script, body, seconds=None, threads=THREADS,
               connections=CONNECTIONS):
     seconds = seconds or SECONDS
-    env = dict(os.environ, BENCH_BODY=body, BENCH_AUTH=basic_auth(*GUEST))
+    env = dict(os.environ, BENCH_BODY=body, BENCH_AUTH=basic_auth(*GUEST),
+               BENCH_DIR=BENCH)
     args = ['wrk', '-t%d' % threads, '-c%d' % connections, '-d%ds' % seconds,
             '--timeout', '10s', '--latency', '-s',
             os.path.join(BENCH, script), url]
@@ -689,6 +706,8 @@ def wrk_figures(process, seconds):
                           out)
         figures['p' + percent] = (float(match.group(1)) *
                                   UNITS[match.group(2)] if match else None)
+    match = re.search(r'(?m)^p99\.9 (\d+)$', out)
+    figures['p99.9'] = int(match.group(1)) / 1000.0 if match else None
     match = re.search(r'Non-2xx or 3xx responses:\s+(\d+)', out)
     figures['non2xx'] = int(match.group(1)) if match else 0
     match = re.search(r'Socket errors: connect (\d+), read (\d+), write (\d+),'
@@ -821,6 +840,10 @@ class Bench:
             self.measure('batch-json', self.json_batches)
             self.measure('api', self.statelessd_api)
             self.measure('raw', self.raw_bodies)
+            self.measure('ff-256', self.many_clients)
+            self.measure('node-ff', lambda: self.node_peer('node-ff', ''))
+            self.measure('node-confirm',
+                         lambda: self.node_peer('node-confirm', '?confirm=1'))
             self.measure('php-statelessd', self.php_statelessd)
             self.measure('php-amqp', self.php_amqp)
             for count in NGINX_PORTS:
@@ -847,7 +870,7 @@ class Bench:
 
     def statelessd_row(self, key, name, query='', ports=None, url=None,
                        notes='', script='statelessd.lua', body=None,
-                       messages=1):
+                       messages=1, connections=CONNECTIONS):
         """A wrk row against statelessd; messages is how many messages each
         request carries, and a row of batches is reported in msg/s."""
         self.need('wrk')
@@ -855,7 +878,8 @@ class Bench:
         before = self.statelessd.totals(ports)
         figures = wrk(url or 'http://127.0.0.1:%d%s%s'
                       % (self.port, self.path, query),
-                      script, self.form if body is None else body)
+                      script, self.form if body is None else body,
+                      connections=connections)
         drained = self.statelessd.drain(ports)
         published = self.statelessd.totals(ports) - before
         answered = (figures['requests'] - figures['non2xx']) * messages
@@ -867,7 +891,8 @@ class Bench:
                 'queue drained %.1f s after the run' % drained)
         return Row(key, name, figures['rate'] * messages,
                    'msg/s' if messages > 1 else 'req/s', figures['p50'],
-                   figures['p99'], figures['non2xx'], figures['errors'], notes)
+                   figures['p99'], figures['non2xx'], figures['errors'], notes,
+                   p999=figures['p99.9'])
 
     # rows
     def fire_and_forget(self):
@@ -876,6 +901,35 @@ class Bench:
     def confirm(self):
         return self.statelessd_row('confirm', 'statelessd ?confirm=1',
                                    '?confirm=1')
+
+    def many_clients(self):
+        return self.statelessd_row(
+            'ff-256', 'statelessd fire-and-forget, %d connections'
+            % MANY_CONNECTIONS, connections=MANY_CONNECTIONS,
+            notes='an nginx pool of several ports in production')
+
+    def node_peer(self, key, query):
+        """The Node.js gateway of bench/node on the same URL and form."""
+        self.need('wrk')
+        if not os.path.isdir(os.path.join(BENCH, 'node', 'node_modules')):
+            raise Skipped('needs bench/node installed (make bench runs npm)')
+        port = free_port()
+        process = spawn(['node', os.path.join(BENCH, 'node', 'server.js'),
+                         str(port), 'amqp://%s:%s@%s:%d' % (GUEST + (
+                             AMQP_HOST, AMQP_PORT))],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                        text=True)
+        try:
+            wait_for_port(port, process)
+            figures = wrk('http://127.0.0.1:%d%s%s' % (port, self.path, query),
+                          'statelessd.lua', self.form)
+        finally:
+            stop_process(process)
+        return Row(key, 'Node.js peer%s' % (' ' + query if query else ''),
+                   figures['rate'], 'req/s', figures['p50'], figures['p99'],
+                   figures['non2xx'], figures['errors'],
+                   'http.createServer + amqplib, one channel',
+                   p999=figures['p99.9'])
 
     def management_api(self):
         self.need('wrk')
@@ -1136,7 +1190,8 @@ def ratio(a, b):
 
 
 ROW_ORDER = ['ff', 'confirm', 'management', 'pika', 'php-statelessd',
-             'php-amqp', 'batch-form', 'batch-json', 'api', 'raw']
+             'php-amqp', 'batch-form', 'batch-json', 'api', 'raw', 'ff-256',
+             'node-ff', 'node-confirm']
 BASELINE = {'ff': ('management', 'management API'),
             'confirm': ('management', 'management API'),
             'php-statelessd': ('php-amqp', 'PHP connection per message'),
@@ -1144,6 +1199,9 @@ BASELINE = {'ff': ('management', 'management API'),
             'batch-json': ('pika', 'raw pika loop'),
             'api': ('management', 'management API'),
             'raw': ('ff', 'form fire-and-forget'),
+            'ff-256': ('ff', 'fire-and-forget, %d connections' % CONNECTIONS),
+            'node-ff': ('ff', 'statelessd fire-and-forget'),
+            'node-confirm': ('node-ff', 'its fire-and-forget'),
             }
 
 
@@ -1160,6 +1218,10 @@ def targets(bench):
         ('management API endpoint ≥ 4× management API', 'api',
          'management', 4.0),
         ('raw body ≥ 0.9× form fire-and-forget', 'raw', 'ff', 0.9),
+        ('confirm ≥ 0.75× fire-and-forget', 'confirm', 'ff', 0.75),
+        ('%d connections ≥ 0.8× %d connections' % (MANY_CONNECTIONS,
+                                                   CONNECTIONS),
+         'ff-256', 'ff', 0.8),
     ]
     lines = []
     for label, a, b, goal in checks:
@@ -1168,8 +1230,18 @@ def targets(bench):
             lines.append((label, 'not measured', False))
         else:
             lines.append((label, '%.2f×' % value, value >= goal))
+    for label, key, most in (('fire-and-forget p99 ≤ 5 ms', 'ff', 5.0),
+                             ('confirm p99 < 10 ms', 'confirm', 10.0),
+                             ('%d connections p99 ≤ 50 ms' % MANY_CONNECTIONS,
+                              'ff-256', 50.0)):
+        p99 = rows[key].p99 if key in rows else None
+        if p99 is None:
+            lines.append((label, 'not measured', False))
+        else:
+            lines.append((label, fmt_ms(p99), p99 <= most))
     statelessd_rows = [k for k in ['ff', 'confirm', 'php-statelessd',
-                                   'batch-form', 'batch-json', 'api', 'raw'] +
+                                   'batch-form', 'batch-json', 'api', 'raw',
+                                   'ff-256'] +
                        ['nginx-%d' % n for n in NGINX_PORTS]]
     measured = [rows[k] for k in statelessd_rows if k in rows]
     bad = ['%s: %d non-2xx, %d socket errors' % (r.name, r.non2xx, r.errors)
@@ -1187,19 +1259,20 @@ def targets(bench):
 def report(bench, started):
     rows = bench.rows
     out = []
-    out.append('| # | row | req/s or msg/s | p50 | p99 | non-2xx | errors '
-               '| statelessd CPU | RabbitMQ CPU | ratio | notes |')
-    out.append('|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|')
+    out.append('| # | row | req/s or msg/s | p50 | p99 | p99.9 | non-2xx '
+               '| errors | statelessd CPU | RabbitMQ CPU | ratio | notes |')
+    out.append('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|')
     number = {'ff': '1', 'confirm': '2', 'management': '3', 'pika': '4',
               'php-statelessd': '5a', 'php-amqp': '5b', 'batch-form': '8a',
-              'batch-json': '8b', 'api': '9', 'raw': '10'}
+              'batch-json': '8b', 'api': '9', 'raw': '10', 'ff-256': '11',
+              'node-ff': '12a', 'node-confirm': '12b'}
     keys = ROW_ORDER + ['nginx-%d' % n for n in NGINX_PORTS]
     for key in keys:
         label = number.get(key, '6')
         if key not in rows:
             why = bench.skipped.get(key) or bench.failures.get(key) or '?'
             kind = 'skipped' if key in bench.skipped else 'FAILED'
-            out.append('| %s | %s | %s: %s | | | | | | | | |'
+            out.append('| %s | %s | %s: %s | | | | | | | | | |'
                        % (label, key, kind, why.replace('|', '/')
                           .replace('\n', ' ')[:200]))
             continue
@@ -1224,10 +1297,11 @@ def report(bench, started):
             ratio_text = '—'
         else:
             ratio_text = '%.2f× %s' % (value, base)
-        out.append('| %s | %s | %.0f %s | %s | %s | %s | %d | %s | %s | %s '
-                   '| %s |'
+        out.append('| %s | %s | %.0f %s | %s | %s | %s | %s | %d | %s | %s '
+                   '| %s | %s |'
                    % (label, row.name, row.rate, row.unit, fmt_ms(row.p50),
-                      fmt_ms(row.p99), fmt_count(row.non2xx), row.errors,
+                      fmt_ms(row.p99), fmt_ms(row.p999),
+                      fmt_count(row.non2xx), row.errors,
                       fmt_cpu(row.statelessd_cpu), fmt_cpu(row.broker_cpu),
                       ratio_text, row.notes))
     table = '\n'.join(out)

@@ -1192,7 +1192,11 @@ def json_property_fields(properties):
 
 # -- HTTP ------------------------------------------------------------------------
 
+#: The status of each kind of publish failure.  A kind missing here answers
+#: as its nearest parent does; PublishError itself, a failure with no more
+#: to say, is a 500.
 ERROR_STATUS = {
+    statelessd_amqp.PublishError: 500,
     statelessd_amqp.LoginRefused: 401,
     statelessd_amqp.AccessRefused: 403,
     statelessd_amqp.ExchangeRefused: 403,
@@ -1227,11 +1231,22 @@ def failure(error):
 
 
 def publish_error(error):
-    status = ERROR_STATUS[type(error)]
+    """The HTTPError a PublishError answers: 401 asks for credentials
+    again, 503 says when to retry."""
+    status = publish_status(error)
     if status == 401:
         return unauthorized(error.reason)
     headers = {'Retry-After': str(RETRY_AFTER)} if status == 503 else None
     return HTTPError(status, error.reason, headers)
+
+
+def publish_status(error):
+    """ERROR_STATUS for error's class or, failing that, its nearest parent
+    that has one."""
+    for kind in type(error).__mro__:
+        if kind in ERROR_STATUS:
+            return ERROR_STATUS[kind]
+    raise TypeError('%r is no PublishError' % error)
 
 
 class Worker:

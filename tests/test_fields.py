@@ -1,10 +1,12 @@
-"""Unit tests of the message property declarations."""
+"""Unit tests of the message property declarations, and of the status each
+kind of publish failure answers."""
 import decimal
 
 import pika
 import pytest
 
 import statelessd
+import statelessd_amqp
 
 USER = 'guest'
 
@@ -203,3 +205,48 @@ def test_a_declared_property_is_checked_by_its_kind():
                         api_document({'cluster_id': 1}), USER)
     assert error.reason == 'field properties.cluster_id must be a string'
 
+
+# -- publish failures ---------------------------------------------------------
+
+def publish_errors(parent=statelessd_amqp.PublishError):
+    """Every kind of PublishError statelessd_amqp defines, at any depth."""
+    for kind in parent.__subclasses__():
+        if kind.__module__ == statelessd_amqp.__name__:
+            yield kind
+        yield from publish_errors(kind)
+
+
+def test_there_are_publish_errors_to_check():
+    assert statelessd_amqp.Blocked in set(publish_errors())
+
+
+@pytest.mark.parametrize('kind', sorted(publish_errors(),
+                                        key=lambda kind: kind.__name__))
+def test_every_publish_error_has_a_deliberate_status(kind):
+    assert kind in statelessd.ERROR_STATUS, (
+        '%s answers as its parent does; give it its own status in '
+        'ERROR_STATUS' % kind.__name__)
+    assert 400 <= statelessd.ERROR_STATUS[kind] < 600
+
+
+def test_a_refined_publish_error_answers_as_its_parent():
+    class StillBlocked(statelessd_amqp.Blocked):
+        pass
+
+    error = statelessd.publish_error(StillBlocked('still blocked'))
+    assert (error.status, error.reason, error.headers) == \
+        (503, 'still blocked', {'Retry-After': str(statelessd.RETRY_AFTER)})
+
+    class PasswordExpired(statelessd_amqp.LoginRefused):
+        pass
+
+    error = statelessd.publish_error(PasswordExpired('expired'))
+    assert error.status == 401 and 'WWW-Authenticate' in error.headers
+
+
+def test_an_unmapped_publish_error_is_a_500_not_a_crash():
+    class Unforeseen(statelessd_amqp.PublishError):
+        pass
+
+    assert statelessd.failure(Unforeseen('what happened')) == \
+        {'status': 500, 'reason': 'what happened'}

@@ -66,15 +66,11 @@ ROUTE_HANDLERS = ('statelessd.Publisher', 'statelessd.Stats',
                   'statelessd.Dashboard')
 #: AMQP short strings (names, most properties) hold at most this many bytes.
 SHORT_STRING = 255
-SHORT_STRING_FIELDS = ('app_id', 'content_encoding', 'content_type',
-                       'correlation_id', 'message_id', 'reply_to', 'type',
-                       'user_id')
 #: Who may read the statistics by default: this host and private networks.
 STATS_ALLOW = ['127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12',
                '192.168.0.0/16', 'fc00::/7']
 #: Proxies whose X-Real-IP is believed by default (with xheaders on).
 TRUSTED_PROXIES = ['127.0.0.0/8', '::1/128']
-FIELD_ALIASES = {'expire': 'expiration'}
 URLENCODED = 'application/x-www-form-urlencoded'
 TRUE_WORDS = ('1', 'true', 'yes', 'on')
 FALSE_WORDS = ('0', 'false', 'no', 'off', '')
@@ -699,8 +695,8 @@ def query_fields(query):
 
 def urlencoded_fields(body):
     """The fields as parse_qsl(keep_blank_values=True) splits them, values
-    percent-decoded byte-exact: parse_qsl itself decodes to text, and took
-    a sixth of a request's time."""
+    percent-decoded byte-exact: parse_qsl itself decodes to text, and
+    costs more than the split it does."""
     fields = []
     for piece in body.split(b'&'):
         if piece:
@@ -714,8 +710,8 @@ def urlencoded_fields(body):
 @functools.lru_cache(maxsize=4096)
 def known_field_name(raw):
     """A short field name, decoded once: a batch sends the same
-    messages%5B0%5D%5Bbody%5D in every request, and decoding them was a
-    quarter of its time.  Long names are not kept; a refused one raises and
+    messages%5B0%5D%5Bbody%5D in every request, and decoding them again
+    is much of its work.  Long names are not kept; a refused one raises and
     is not kept."""
     return field_name(form_unquote(raw))
 
@@ -788,62 +784,35 @@ def part_name(head):
 
 
 def message_fields(pairs):
-    """Normalise field names: hyphens are underscores, expire is expiration.
+    """Normalise field names: hyphens are underscores, and a property's
+    aliases (expire) are its name.
 
     PHP-style headers[name]=value fields are gathered into one mapping.
     The last of repeated fields wins, as it did in the original.
     """
     fields, headers = {}, {}
+    aliases = PROPERTIES.aliases
     for name, value in pairs:
         if name.startswith('headers[') and name.endswith(']'):
-            headers[name[8:-1]] = text(value, 'headers[%s]' % name[8:-1])
+            headers[name[8:-1]] = field_text(value,
+                                             'headers[%s]' % name[8:-1])
             continue
         name = name.replace('-', '_')
-        fields[FIELD_ALIASES.get(name, name)] = value
+        fields[aliases.get(name, name)] = value
     return fields, headers
 
 
-def text(value, field):
+def field_text(value, field):
+    """A field's bytes as text: AMQP strings are UTF-8."""
     try:
         return value.decode('utf-8')
     except UnicodeDecodeError:
-        raise bad_field(field, 'is not valid UTF-8') from None
-
-
-def bad_field(field, problem):
-    return FieldError(field, problem)
-
-
-def whole_number(fields, field, low, high):
-    value = text(fields[field], field).strip()
-    if not is_digits(value) or not low <= int(value) <= high:
-        raise bad_field(field, 'must be a whole number from %d to %d, not %r'
-                        % (low, high, value[:40]))
-    return int(value)
+        raise FieldError(field, 'is not valid UTF-8') from None
 
 
 def is_digits(value):
     """ASCII digits only: str.isdigit() also passes "²", which int() refuses."""
     return value.isascii() and value.isdigit()
-
-
-def json_headers(value):
-    """The headers field: a JSON object whose strings are valid Unicode
-    (JSON escapes can spell unpaired surrogates) and whose decimals AMQP
-    can carry."""
-    try:
-        headers = json.loads(text(value, 'headers'),
-                             parse_float=header_decimal)
-        json.dumps(headers, ensure_ascii=False, default=str).encode('utf-8')
-    except RecursionError:
-        raise bad_field('headers', 'is nested too deeply') from None
-    except UnicodeEncodeError:
-        raise bad_field('headers', 'contains an unpaired surrogate') from None
-    except ValueError as error:
-        raise bad_field('headers', 'is not valid JSON: %s' % error) from None
-    if not isinstance(headers, dict):
-        raise bad_field('headers', 'must be a JSON object')
-    return headers
 
 
 def header_decimal(literal):
@@ -861,39 +830,181 @@ def header_decimal(literal):
     return number
 
 
+# -- message properties ----------------------------------------------------------
+#
+# A kind of property value knows both shapes a publish sends it in: from_json
+# turns a value of the management API's properties object into the form
+# field it stands for, and to_property checks a form field and makes it the
+# property's value.  JSON properties pass through the form's checks, so the
+# two shapes cannot drift apart.
+
+class ShortText:
+    """UTF-8 text of at most SHORT_STRING bytes: most properties."""
+
+    def from_json(self, value, field):
+        if not isinstance(value, str):
+            raise FieldError(field, 'must be a string')
+        return value.encode('utf-8')
+
+    def to_property(self, raw, field, user):
+        return short_string(field_text(raw, field), field)
+
+
+class AuthenticatedUser(ShortText):
+    """user_id: RabbitMQ closes the channel of a message whose user_id is
+    not the connection's user, so a mismatch is refused here, with a
+    reason."""
+
+    def to_property(self, raw, field, user):
+        value = super().to_property(raw, field, user)
+        if value != user:
+            raise FieldError(field, 'must be the authenticated user %r, '
+                             'RabbitMQ rejects any other' % user)
+        return value
+
+
+class WholeNumber:
+    """A whole number from low to high: ASCII digits in a form, a JSON
+    number or a string of digits in JSON properties."""
+
+    def __init__(self, low, high):
+        self.low = low
+        self.high = high
+
+    def from_json(self, value, field):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value).encode('ascii')
+        if not isinstance(value, str):
+            raise FieldError(field, 'must be a whole number')
+        return value.encode('utf-8')
+
+    def to_property(self, raw, field, user):
+        value = field_text(raw, field).strip()
+        number = self.number_in_range(value)
+        if number is None:
+            raise FieldError(field, 'must be a whole number from %d to %d, '
+                             'not %r' % (self.low, self.high, value[:40]))
+        return number
+
+    def number_in_range(self, value):
+        """The number value spells, or None if it is no digits or out of
+        range.  int() refuses thousands of digits with a ValueError, so a
+        value longer than high is out of range before int() sees it."""
+        digits = value.lstrip('0') or '0'
+        if not is_digits(value) or len(digits) > len(str(self.high)):
+            return None
+        number = int(digits)
+        return number if self.low <= number <= self.high else None
+
+
+class Milliseconds(WholeNumber):
+    """expiration: a number of milliseconds that AMQP carries as a short
+    string."""
+
+    def to_property(self, raw, field, user):
+        return str(super().to_property(raw, field, user))
+
+
+class JSONHeaders:
+    """headers: a JSON object, sent as JSON text in a form and as the object
+    itself in JSON properties.  Its strings must be valid Unicode (JSON
+    escapes can spell unpaired surrogates) and its decimals ones AMQP can
+    carry; JSON properties were checked so when their document was
+    parsed."""
+
+    def from_json(self, value, field):
+        if not isinstance(value, dict):
+            raise FieldError(field, 'must be a JSON object')
+        return value
+
+    def to_property(self, raw, field, user):
+        if isinstance(raw, dict):
+            return dict(raw)
+        try:
+            headers = json.loads(field_text(raw, field),
+                                 parse_float=header_decimal)
+            json.dumps(headers, ensure_ascii=False,
+                       default=str).encode('utf-8')
+        except RecursionError:
+            raise FieldError(field, 'is nested too deeply') from None
+        except UnicodeEncodeError:
+            raise FieldError(field, 'contains an unpaired surrogate') \
+                from None
+        except ValueError as error:
+            raise FieldError(field, 'is not valid JSON: %s' % error) from None
+        if not isinstance(headers, dict):
+            raise FieldError(field, 'must be a JSON object')
+        return headers
+
+
+class Property:
+    """An AMQP basic property a publish may set: the name that a form field
+    and the management API's properties object both give it, the other
+    names a form may use, and the kind of value it holds."""
+
+    def __init__(self, name, kind, aliases=()):
+        self.name = name
+        self.kind = kind
+        self.aliases = aliases
+
+
+class MessageProperties:
+    """The declared properties, found by the names a form or a JSON
+    properties object uses."""
+
+    def __init__(self, *declared):
+        self.declared = declared
+        #: (name, to_property) in order: what a publish runs through.
+        self.checks = tuple((prop.name, prop.kind.to_property)
+                            for prop in declared)
+        self.by_name = {prop.name: prop for prop in declared}
+        self.aliases = {alias: prop.name for prop in declared
+                        for alias in prop.aliases}
+
+
+#: The properties a publish may set, in the order they are checked: the
+#: first bad one is the one a 400 names.  A new property is one line here;
+#: a new kind of value is one class above.  body, and a batch message's
+#: routing_key, are form fields too, but they are the message itself rather
+#: than its properties.
+PROPERTIES = MessageProperties(
+    Property('app_id', ShortText()),
+    Property('content_encoding', ShortText()),
+    Property('content_type', ShortText()),
+    Property('correlation_id', ShortText()),
+    Property('message_id', ShortText()),
+    Property('reply_to', ShortText()),
+    Property('type', ShortText()),
+    Property('user_id', AuthenticatedUser()),
+    Property('delivery_mode', WholeNumber(1, 2)),
+    Property('priority', WholeNumber(0, 255)),
+    Property('timestamp', WholeNumber(0, 2 ** 63 - 1)),
+    Property('expiration', Milliseconds(0, 2 ** 32 - 1), aliases=('expire',)),
+    Property('headers', JSONHeaders()),
+)
+
+
 def message_properties(fields, bracket_headers, user):
-    """The AMQP properties a request's form fields ask for, validated."""
+    """The AMQP properties a message's fields ask for, each checked as
+    PROPERTIES declares it; headers[name] fields join the headers object."""
     properties = {}
-    for field in SHORT_STRING_FIELDS:
-        if field in fields:
-            value = text(fields[field], field)
-            if len(value.encode('utf-8')) > SHORT_STRING:
-                raise bad_field(field, 'is longer than %d bytes'
-                                % SHORT_STRING)
-            properties[field] = value
-    if 'user_id' in properties and properties['user_id'] != user:
-        raise bad_field('user_id', 'must be the authenticated user %r, '
-                        'RabbitMQ rejects any other' % user)
-    if 'delivery_mode' in fields:
-        properties['delivery_mode'] = whole_number(fields, 'delivery_mode',
-                                                   1, 2)
-    if 'priority' in fields:
-        properties['priority'] = whole_number(fields, 'priority', 0, 255)
-    if 'timestamp' in fields:
-        properties['timestamp'] = whole_number(fields, 'timestamp', 0,
-                                               2 ** 63 - 1)
-    if 'expiration' in fields:
-        properties['expiration'] = str(
-            whole_number(fields, 'expiration', 0, 2 ** 32 - 1))
-    headers = json_headers(fields['headers']) if 'headers' in fields else {}
+    for name, to_property in PROPERTIES.checks:
+        if name in fields:
+            properties[name] = to_property(fields[name], name, user)
+    headers = properties.pop('headers', {})
     headers.update(bracket_headers)
+    if headers:
+        properties['headers'] = short_header_names(headers)
+    return properties
+
+
+def short_header_names(headers):
+    """headers, once each name is known to be an AMQP short string."""
     for name in headers:
         if len(name.encode('utf-8')) > SHORT_STRING:
-            raise bad_field('headers', 'has a name longer than %d bytes'
-                            % SHORT_STRING)
-    if headers:
-        properties['headers'] = headers
-    return properties
+            raise FieldError('headers', 'has a name longer than %d bytes'
+                             % SHORT_STRING)
+    return headers
 
 
 def amqp_properties(properties):
@@ -902,8 +1013,8 @@ def amqp_properties(properties):
     try:
         return statelessd_amqp.basic_properties(properties)
     except (ValueError, ArithmeticError, RecursionError) as error:
-        raise bad_field('headers', 'cannot be sent over AMQP: %s'
-                        % (str(error) or type(error).__name__)) from None
+        raise FieldError('headers', 'cannot be sent over AMQP: %s'
+                         % (str(error) or type(error).__name__)) from None
 
 
 def form_message(exchange, routing_key, fields, headers, user, mandatory):
@@ -919,8 +1030,8 @@ def batch_form_message(exchange, routing_key, pairs, user, mandatory):
     fields name one."""
     fields, headers = message_fields(pairs)
     if 'routing_key' in fields:
-        routing_key = short_string(text(fields['routing_key'],
-                                        'routing_key'), 'routing_key')
+        routing_key = short_string(field_text(fields['routing_key'],
+                                              'routing_key'), 'routing_key')
     return form_message(exchange, routing_key, fields, headers, user,
                         mandatory)
 
@@ -939,7 +1050,7 @@ def raw_message(exchange, routing_key, body, content_type, query, user,
 
 def short_string(value, field):
     if len(value.encode('utf-8')) > SHORT_STRING:
-        raise bad_field(field, 'is longer than %d bytes' % SHORT_STRING)
+        raise FieldError(field, 'is longer than %d bytes' % SHORT_STRING)
     return value
 
 
@@ -962,18 +1073,18 @@ def form_batch(pairs, limit):
     for name, value in pairs:
         match = BATCH_FIELD.match(name)
         if match is None:
-            raise bad_field(name, 'is not part of a batch: send '
-                            'messages[<index>][<field>] fields only')
+            raise FieldError(name, 'is not part of a batch: send '
+                             'messages[<index>][<field>] fields only')
         index, field, rest = match.groups()
         if not is_digits(index) or len(index) > 9:
-            raise bad_field(name, 'has an index that is not a whole number')
+            raise FieldError(name, 'has an index that is not a whole number')
         groups.setdefault(int(index), []).append((field + rest, value))
     if len(groups) > limit:
         raise batch_too_large(len(groups), limit)
     missing = next((i for i in range(len(groups)) if i not in groups), None)
     if missing is not None:
-        raise bad_field('messages[%d]' % missing, 'is missing: the indices '
-                        'must run from 0 without gaps')
+        raise FieldError('messages[%d]' % missing, 'is missing: the indices '
+                         'must run from 0 without gaps')
     return [groups[index] for index in range(len(groups))]
 
 
@@ -1033,7 +1144,7 @@ def api_message(exchange, document, user):
     rabbitmqadmin sends vhost and exchange too.
     """
     if not isinstance(document, dict):
-        raise bad_field('', 'must be a JSON object')
+        raise FieldError('', 'must be a JSON object')
     routing_key = short_string(json_string(document, 'routing_key'),
                                'routing_key')
     payload = json_string(document, 'payload')
@@ -1044,16 +1155,15 @@ def api_message(exchange, document, user):
         try:
             body = base64.b64decode(payload, validate=True)
         except ValueError:
-            raise bad_field('payload', 'is not valid base64') from None
+            raise FieldError('payload', 'is not valid base64') from None
     else:
-        raise bad_field('payload_encoding', "must be 'string' or 'base64'")
+        raise FieldError('payload_encoding', "must be 'string' or 'base64'")
     properties = document.get('properties', {})
     if not isinstance(properties, dict):
-        raise bad_field('properties', 'must be a JSON object')
+        raise FieldError('properties', 'must be a JSON object')
     try:
-        fields, headers = json_property_fields(properties)
-        basic_properties = amqp_properties(message_properties(fields, headers,
-                                                              user))
+        basic_properties = amqp_properties(message_properties(
+            json_property_fields(properties), {}, user))
     except FieldError as error:
         raise error.within('properties') from None
     return statelessd_amqp.Message(exchange, routing_key, body,
@@ -1062,42 +1172,31 @@ def api_message(exchange, document, user):
 
 def json_string(document, key):
     if key not in document:
-        raise bad_field(key, 'is missing')
+        raise FieldError(key, 'is missing')
     if not isinstance(document[key], str):
-        raise bad_field(key, 'must be a string')
+        raise FieldError(key, 'must be a string')
     return document[key]
 
 
-#: Properties that are numbers; expiration is a string in AMQP, but a
-#: number of milliseconds all the same.
-NUMBER_FIELDS = ('delivery_mode', 'priority', 'timestamp', 'expiration')
-
-
 def json_property_fields(properties):
-    """The form fields a JSON properties object stands for, so that both
-    shapes pass the same checks: text as UTF-8, whole numbers as their
-    digits.  headers is a JSON object, returned apart."""
+    """The form fields a JSON properties object stands for, each named as
+    its property is and turned into the form's shape by its kind."""
     fields = {}
     for name, value in properties.items():
-        if name == 'headers':
-            if not isinstance(value, dict):
-                raise bad_field('headers', 'must be a JSON object')
-        elif name in NUMBER_FIELDS and isinstance(value, int) \
-                and not isinstance(value, bool):
-            fields[name] = str(value).encode('ascii')
-        elif name in NUMBER_FIELDS + SHORT_STRING_FIELDS:
-            if not isinstance(value, str):
-                raise bad_field(name, 'must be a %s' % (
-                    'whole number' if name in NUMBER_FIELDS else 'string'))
-            fields[name] = value.encode('utf-8')
-        else:
-            raise bad_field(name, 'is not an AMQP basic property')
-    return fields, dict(properties.get('headers', {}))
+        declared = PROPERTIES.by_name.get(name)
+        if declared is None:
+            raise FieldError(name, 'is not an AMQP basic property')
+        fields[name] = declared.kind.from_json(value, name)
+    return fields
 
 
 # -- HTTP ------------------------------------------------------------------------
 
+#: The status of each kind of publish failure.  A kind missing here answers
+#: as its nearest parent does; PublishError itself, a failure with no more
+#: to say, is a 500.
 ERROR_STATUS = {
+    statelessd_amqp.PublishError: 500,
     statelessd_amqp.LoginRefused: 401,
     statelessd_amqp.AccessRefused: 403,
     statelessd_amqp.ExchangeRefused: 403,
@@ -1132,11 +1231,22 @@ def failure(error):
 
 
 def publish_error(error):
-    status = ERROR_STATUS[type(error)]
+    """The HTTPError a PublishError answers: 401 asks for credentials
+    again, 503 says when to retry."""
+    status = publish_status(error)
     if status == 401:
         return unauthorized(error.reason)
     headers = {'Retry-After': str(RETRY_AFTER)} if status == 503 else None
     return HTTPError(status, error.reason, headers)
+
+
+def publish_status(error):
+    """ERROR_STATUS for error's class or, failing that, its nearest parent
+    that has one."""
+    for kind in type(error).__mro__:
+        if kind in ERROR_STATUS:
+            return ERROR_STATUS[kind]
+    raise TypeError('%r is no PublishError' % error)
 
 
 class Worker:

@@ -7,9 +7,10 @@ which /metrics needs.  The documents of all ports are summed up for
 /stats/all, rendered as Prometheus text for /metrics, and shown by the
 dashboard page.
 
-Every figure that /metrics exports is declared once, as a Stat in one of
-the tables below; the reports, the sums, the exposition and the
-dashboard's publisher table all follow the tables.
+Each figure is declared once, as a Stat in PORT_STATS, REQUEST_STATS or
+PUBLISHER_STATS.  /stats, the /stats/all totals, /metrics and the
+dashboard's publisher table all follow those tables, so adding a stat is
+one declaration plus the line that counts it.
 """
 import bisect
 import collections
@@ -27,7 +28,7 @@ COUNTER, GAUGE, HISTOGRAM = 'counter', 'gauge', 'histogram'
 
 class Stat:
     """One figure: its /stats key, its /metrics family and its place on
-    the dashboard.
+    the dashboard, in one place so that they cannot disagree.
 
     kind, metric and description are the family's TYPE, name and HELP; a
     stat without a metric is a fact /stats reports but /metrics and the
@@ -51,7 +52,8 @@ class Stat:
         return 'Stat(%r)' % self.key
 
 
-#: Figures of a worker process, labelled with its port.
+#: Figures of a worker process, labelled with its port; add_port_metrics
+#: reads each from its own place in the /stats document.
 PORT_STATS = (
     Stat('up', GAUGE, 'statelessd_up',
          '1 when the worker serving the port answered.'),
@@ -78,8 +80,8 @@ REQUEST_STATS = (
 
 #: Figures of one vhost/user publisher, labelled with the port, vhost and
 #: user, in the order of the dashboard's columns.  ConnectionCounters holds
-#: the counters, which the publisher's thread increments; the publisher
-#: adds the gauges and facts to its report.
+#: the counters, which the publisher's thread increments, and 'connected';
+#: the publisher adds the other gauges and facts to its report.
 PUBLISHER_STATS = (
     Stat('connected', GAUGE, 'statelessd_publisher_connected',
          '1 while the publisher is connected to RabbitMQ.',

@@ -316,7 +316,8 @@ def totals(documents):
 
 #: Prometheus text format version 0.0.4, the one every scraper reads.
 PROMETHEUS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
-#: PORT_STATS by key, for the figures each needs its own line to read.
+#: PORT_STATS by key: each sits in its own place in /stats, so each is
+#: read by a line of its own.
 PORT_STATS_BY_KEY = {stat.key: stat for stat in PORT_STATS}
 
 

@@ -6,9 +6,15 @@ It adds the current resident memory and a request duration histogram,
 which /metrics needs.  The documents of all ports are summed up for
 /stats/all, rendered as Prometheus text for /metrics, and shown by the
 dashboard page.
+
+Each figure is declared once, as a Stat in PORT_STATS, REQUEST_STATS or
+PUBLISHER_STATS.  /stats, the /stats/all totals, /metrics and the
+dashboard's publisher table all follow those tables, so adding a stat is
+one declaration plus the line that counts it.
 """
 import bisect
 import collections
+import json
 import resource
 import threading
 import time
@@ -16,9 +22,98 @@ import time
 #: Upper bounds (seconds) of the request duration histogram's buckets.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0)
-#: The per vhost/user figures /stats/all adds up over publishers and ports.
-CONNECTION_SUMS = ('publishes', 'confirmed', 'nacked', 'returned',
-                   'republished', 'queue_size', 'outbox')
+
+COUNTER, GAUGE, HISTOGRAM = 'counter', 'gauge', 'histogram'
+
+
+class Stat:
+    """One figure: its /stats key, its /metrics family and its place on
+    the dashboard, in one place so that they cannot disagree.
+
+    kind, metric and description are the family's TYPE, name and HELP; a
+    stat without a metric is a fact /stats reports but /metrics and the
+    /stats/all totals leave out.  label names the label that tells a
+    stat's samples apart ('code' for responses); column is the heading of
+    a publisher stat on the dashboard, which leaves out those without one.
+    """
+
+    __slots__ = ('key', 'kind', 'metric', 'description', 'label', 'column')
+
+    def __init__(self, key, kind=None, metric=None, description=None,
+                 label=None, column=None):
+        self.key = key
+        self.kind = kind
+        self.metric = metric
+        self.description = description
+        self.label = label
+        self.column = column
+
+    def __repr__(self):
+        return 'Stat(%r)' % self.key
+
+
+#: Figures of a worker process, labelled with its port; add_port_metrics
+#: reads each from its own place in the /stats document.
+PORT_STATS = (
+    Stat('up', GAUGE, 'statelessd_up',
+         '1 when the worker serving the port answered.'),
+    Stat('request_duration', HISTOGRAM,
+         'statelessd_http_request_duration_seconds',
+         'Time from reading the request line to the response.', label='le'),
+    Stat('cpu_time', COUNTER, 'process_cpu_seconds_total',
+         'User and system CPU time of the worker process.'),
+    Stat('resident_memory', GAUGE, 'process_resident_memory_bytes',
+         'Resident memory of the worker process.'),
+)
+
+#: Request counters, labelled with the port and their own label if any;
+#: /stats names a labelled count 'key.label', such as 'response.204'.
+REQUEST_STATS = (
+    Stat('response', COUNTER, 'statelessd_http_responses_total',
+         'HTTP responses by status code.', label='code'),
+    Stat('method', COUNTER, 'statelessd_http_requests_total',
+         'HTTP requests by method.', label='method'),
+    Stat('messages', COUNTER, 'statelessd_http_messages_total',
+         'Messages HTTP requests handed to publishers, one per message of '
+         'a batch.'),
+)
+
+#: Figures of one vhost/user publisher, labelled with the port, vhost and
+#: user, in the order of the dashboard's columns.  ConnectionCounters holds
+#: the counters, which the publisher's thread increments, and 'connected';
+#: the publisher adds the other gauges and facts to its report.
+PUBLISHER_STATS = (
+    Stat('connected', GAUGE, 'statelessd_publisher_connected',
+         '1 while the publisher is connected to RabbitMQ.',
+         column='connected'),
+    Stat('node', column='node'),
+    Stat('blocked', GAUGE, 'statelessd_publisher_blocked',
+         '1 while a RabbitMQ resource alarm blocks the publisher.',
+         column='blocked'),
+    Stat('publishes', COUNTER, 'statelessd_messages_published_total',
+         'Messages published to RabbitMQ (republished ones once more).',
+         column='publishes'),
+    Stat('confirmed', COUNTER, 'statelessd_messages_confirmed_total',
+         'Messages RabbitMQ confirmed.', column='confirmed'),
+    Stat('nacked', COUNTER, 'statelessd_messages_nacked_total',
+         'Nacks from RabbitMQ; each nacked message is published again.',
+         column='nacked'),
+    Stat('returned', COUNTER, 'statelessd_messages_returned_total',
+         'Mandatory messages RabbitMQ returned as unroutable.',
+         column='returned'),
+    Stat('republished', COUNTER, 'statelessd_messages_republished_total',
+         'Unconfirmed messages published again after a reconnect.'),
+    Stat('queue_size', GAUGE, 'statelessd_queued_messages',
+         'Messages waiting to be published.', column='queued'),
+    Stat('outbox', GAUGE, 'statelessd_outbox_messages',
+         'Messages published and waiting for their confirm.',
+         column='outbox'),
+)
+#: The publisher stats /metrics exports and /stats/all adds up.
+PUBLISHER_METRICS = tuple(stat for stat in PUBLISHER_STATS if stat.metric)
+#: The publisher stats ConnectionCounters keeps.
+PUBLISHER_COUNTERS = tuple(stat.key for stat in PUBLISHER_STATS
+                           if stat.kind == COUNTER)
 
 
 class RequestCounters:
@@ -26,7 +121,8 @@ class RequestCounters:
 
     Request threads only append (method, status, seconds) to a deque,
     which needs no lock; the figures are added up when someone reads them,
-    or when FOLD_AFTER requests have piled up.
+    or when FOLD_AFTER requests have piled up.  The counts are keyed by
+    (stat key, label), the label None for an unlabelled stat.
     """
 
     FOLD_AFTER = 10000
@@ -49,19 +145,24 @@ class RequestCounters:
             recorded = self._recorded
             while recorded:
                 method, status, seconds, messages = recorded.popleft()
-                self._counts['response.%d' % status] += 1
-                self._counts['method.%s' % method] += 1
-                self._counts['messages'] += messages
+                self._counts['response', status] += 1
+                self._counts['method', method] += 1
+                self._counts['messages', None] += messages
                 self._processing_time += seconds
                 self._durations[bisect.bisect_left(DURATION_BUCKETS,
                                                    seconds)] += 1
 
     def report(self):
+        """The 'requests' object of /stats; unlabelled stats are there
+        from the start, labelled ones from their first count."""
         self._fold()
         with self._lock:
-            report = dict(self._counts)
-            report['messages'] = self._counts['messages']
+            report = {request_key(key, label): count
+                      for (key, label), count in self._counts.items()}
             report['processing_time'] = self._processing_time
+        for stat in REQUEST_STATS:
+            if stat.label is None:
+                report.setdefault(stat.key, 0)
         return report
 
     def histogram(self):
@@ -77,12 +178,37 @@ class RequestCounters:
         return {'buckets': buckets, 'count': count, 'sum': total}
 
 
+def request_key(key, label):
+    """How /stats names a request count: 'messages', 'response.204'."""
+    return key if label is None else '%s.%s' % (key, label)
+
+
+#: REQUEST_STATS by key, to read a /stats document's request counts back.
+REQUEST_STATS_BY_KEY = {stat.key: stat for stat in REQUEST_STATS}
+
+
+def request_counts(requests):
+    """(stat, label, count) for each declared count of a /stats document's
+    'requests' object, which may come from a sibling port's JSON."""
+    for name, count in sorted(requests.items()):
+        key, dot, label = name.partition('.')
+        stat = REQUEST_STATS_BY_KEY.get(key)
+        if stat is not None and bool(dot) == bool(stat.label):
+            yield stat, label or None, count
+
+
 class ConnectionCounters:
-    """Counters for one vhost/user publisher.
+    """Counters for one vhost/user publisher: one slot per counter of
+    PUBLISHER_STATS, so a misspelt increment fails instead of counting
+    nowhere.
 
     Only the publisher's own thread writes them, so plain attributes are
     safe to read from request threads.
     """
+
+    __slots__ = ('connections_opened', 'connections_closed',
+                 'channels_opened', 'channels_closed',
+                 'connected') + PUBLISHER_COUNTERS
 
     def __init__(self):
         self.connections_opened = 0
@@ -90,11 +216,8 @@ class ConnectionCounters:
         self.channels_opened = 0
         self.channels_closed = 0
         self.connected = False
-        self.publishes = 0
-        self.confirmed = 0
-        self.nacked = 0
-        self.returned = 0
-        self.republished = 0
+        for key in PUBLISHER_COUNTERS:
+            setattr(self, key, 0)
 
     def connection_opened(self):
         self.connections_opened += 1
@@ -109,19 +232,17 @@ class ConnectionCounters:
     def channel_closed(self):
         self.channels_closed += 1
 
-    def report(self, queue_size, outbox):
-        return {'connections': {'opened': self.connections_opened,
-                                'closed': self.connections_closed},
-                'channels': {'opened': self.channels_opened,
-                             'closed': self.channels_closed},
-                'connected': self.connected,
-                'publishes': self.publishes,
-                'queue_size': queue_size,
-                'confirmed': self.confirmed,
-                'nacked': self.nacked,
-                'returned': self.returned,
-                'republished': self.republished,
-                'outbox': outbox}
+    def report(self, **measured):
+        """measured: the gauges the publisher reads off its queues."""
+        report = {'connections': {'opened': self.connections_opened,
+                                  'closed': self.connections_closed},
+                  'channels': {'opened': self.channels_opened,
+                               'closed': self.channels_closed},
+                  'connected': self.connected}
+        for key in PUBLISHER_COUNTERS:
+            report[key] = getattr(self, key)
+        report.update(measured)
+        return report
 
 
 def process_report():
@@ -168,23 +289,20 @@ def all_document(host, documents):
 
 
 def totals(documents):
-    """Sums over the ports that answered."""
+    """Sums over the ports that answered; a publisher's flags (connected,
+    blocked) add up to how many publishers have them."""
     up = [document for document in documents if document.get('up')]
     requests = collections.Counter()
-    sums = dict.fromkeys(CONNECTION_SUMS, 0)
-    connected = publishers = blocked = 0
+    sums = dict.fromkeys((stat.key for stat in PUBLISHER_METRICS), 0)
+    publishers = 0
     for document in up:
         requests.update(document['requests'])
         for counters in document['connections'].values():
             publishers += 1
-            connected += bool(counters['connected'])
-            blocked += bool(counters.get('blocked'))
-            for name in CONNECTION_SUMS:
-                sums[name] += counters[name]
+            for key in sums:
+                sums[key] += counters[key]
     result = {'ports': len(documents), 'up': len(up),
-              'requests': dict(requests),
-              'publishers': publishers, 'connected': connected,
-              'blocked': blocked,
+              'requests': dict(requests), 'publishers': publishers,
               'cpu_time': {
                   'user': sum(d['cpu_time']['user'] for d in up),
                   'system': sum(d['cpu_time']['system'] for d in up)},
@@ -198,27 +316,9 @@ def totals(documents):
 
 #: Prometheus text format version 0.0.4, the one every scraper reads.
 PROMETHEUS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
-#: /metrics names for the per vhost/user counters and gauges of /stats.
-PUBLISHER_METRICS = (
-    ('publishes', 'statelessd_messages_published_total', 'counter',
-     'Messages published to RabbitMQ (republished ones once more).'),
-    ('confirmed', 'statelessd_messages_confirmed_total', 'counter',
-     'Messages RabbitMQ confirmed.'),
-    ('nacked', 'statelessd_messages_nacked_total', 'counter',
-     'Nacks from RabbitMQ; each nacked message is published again.'),
-    ('returned', 'statelessd_messages_returned_total', 'counter',
-     'Mandatory messages RabbitMQ returned as unroutable.'),
-    ('republished', 'statelessd_messages_republished_total', 'counter',
-     'Unconfirmed messages published again after a reconnect.'),
-    ('queue_size', 'statelessd_queued_messages', 'gauge',
-     'Messages waiting to be published.'),
-    ('outbox', 'statelessd_outbox_messages', 'gauge',
-     'Messages published and waiting for their confirm.'),
-    ('connected', 'statelessd_publisher_connected', 'gauge',
-     '1 while the publisher is connected to RabbitMQ.'),
-    ('blocked', 'statelessd_publisher_blocked', 'gauge',
-     '1 while a RabbitMQ resource alarm blocks the publisher.'),
-)
+#: PORT_STATS by key: each sits in its own place in /stats, so each is
+#: read by a line of its own.
+PORT_STATS_BY_KEY = {stat.key: stat for stat in PORT_STATS}
 
 
 class Exposition:
@@ -231,19 +331,20 @@ class Exposition:
     def __init__(self):
         self._families = {}
 
-    def add(self, name, kind, description, labels, value, suffix=''):
+    def add(self, stat, labels, value, suffix=''):
         if value is None:
             return
-        family = self._families.setdefault(name, (kind, description, []))
-        family[2].append('%s%s%s %s' % (name, suffix, label_text(labels),
-                                        sample_value(value)))
+        samples = self._families.setdefault(stat, [])
+        samples.append('%s%s%s %s' % (stat.metric, suffix, label_text(labels),
+                                      sample_value(value)))
 
     def render(self):
         lines = []
-        for name, (kind, description, samples) in self._families.items():
-            lines.append('# HELP %s %s' % (name, description.replace(
-                '\\', '\\\\').replace('\n', '\\n')))
-            lines.append('# TYPE %s %s' % (name, kind))
+        for stat, samples in self._families.items():
+            lines.append('# HELP %s %s' % (stat.metric, stat.description
+                                           .replace('\\', '\\\\')
+                                           .replace('\n', '\\n')))
+            lines.append('# TYPE %s %s' % (stat.metric, stat.kind))
             lines.extend(samples)
         return ''.join(line + '\n' for line in lines)
 
@@ -273,63 +374,51 @@ def prometheus_text(documents):
     metrics = Exposition()
     for document in documents:
         port = (('port', document['port']),)
-        metrics.add('statelessd_up', 'gauge',
-                    '1 when the worker serving the port answered.', port,
-                    bool(document.get('up')))
+        metrics.add(PORT_STATS_BY_KEY['up'], port, bool(document.get('up')))
         if document.get('up'):
             add_port_metrics(metrics, port, document)
     return metrics.render()
 
 
 def add_port_metrics(metrics, port, document):
-    for name, value in sorted(document['requests'].items()):
-        kind, _, label = name.partition('.')
-        if kind == 'response':
-            metrics.add('statelessd_http_responses_total', 'counter',
-                        'HTTP responses by status code.',
-                        port + (('code', label),), value)
-        elif kind == 'method':
-            metrics.add('statelessd_http_requests_total', 'counter',
-                        'HTTP requests by method.',
-                        port + (('method', label),), value)
-        elif kind == 'messages':
-            metrics.add('statelessd_http_messages_total', 'counter',
-                        'Messages HTTP requests handed to publishers, one '
-                        'per message of a batch.', port, value)
+    for stat, label, count in request_counts(document['requests']):
+        labels = port if label is None else port + ((stat.label, label),)
+        metrics.add(stat, labels, count)
     add_histogram(metrics, port, document['request_duration'])
     cpu = document['cpu_time']
-    metrics.add('process_cpu_seconds_total', 'counter',
-                'User and system CPU time of the worker process.', port,
+    metrics.add(PORT_STATS_BY_KEY['cpu_time'], port,
                 float(cpu['user'] + cpu['system']))
-    metrics.add('process_resident_memory_bytes', 'gauge',
-                'Resident memory of the worker process.', port,
+    metrics.add(PORT_STATS_BY_KEY['resident_memory'], port,
                 document.get('resident_memory'))
     for key, counters in sorted(document['connections'].items()):
         vhost, _, user = key.rpartition(':')
         labels = port + (('vhost', vhost), ('user', user))
-        for field, name, kind, description in PUBLISHER_METRICS:
-            metrics.add(name, kind, description, labels, counters[field])
+        for stat in PUBLISHER_METRICS:
+            metrics.add(stat, labels, counters[stat.key])
 
 
 def add_histogram(metrics, port, histogram):
-    name = 'statelessd_http_request_duration_seconds'
-    description = 'Time from reading the request line to the response.'
+    stat = PORT_STATS_BY_KEY['request_duration']
     for bound, count in histogram['buckets'].items():
-        metrics.add(name, 'histogram', description,
-                    port + (('le', bound),), count, '_bucket')
-    metrics.add(name, 'histogram', description, port,
-                float(histogram['sum']), '_sum')
-    metrics.add(name, 'histogram', description, port, histogram['count'],
-                '_count')
+        metrics.add(stat, port + ((stat.label, bound),), count, '_bucket')
+    metrics.add(stat, port, float(histogram['sum']), '_sum')
+    metrics.add(stat, port, histogram['count'], '_count')
 
 
 # -- dashboard ---------------------------------------------------------------
 
+def dashboard_columns():
+    """[key, heading] of each column of the dashboard's publisher table."""
+    return [[stat.key, stat.column] for stat in PUBLISHER_STATS
+            if stat.column]
+
+
 #: The page at /, unless Application.paths.templates holds a dashboard.html.
 #: It polls /stats/all and keeps the publish history it charts in
 #: sessionStorage, so a reload keeps the chart.  Self-contained: it must
-#: work where the browser reaches nothing but statelessd.
-DASHBOARD = b"""<!DOCTYPE html>
+#: work where the browser reaches nothing but statelessd.  @COLUMNS@ stands
+#: for dashboard_columns().
+DASHBOARD_PAGE = b"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>statelessd</title><link rel="icon" href="data:,">
@@ -511,8 +600,8 @@ function codes(doc) {
   return box;
 }
 
-const COLUMNS = ["connected", "node", "blocked", "publishes", "confirmed",
-                 "nacked", "returned", "queue_size", "outbox"];
+// [[field, heading], ...] of the publisher table, from PUBLISHER_STATS.
+const COLUMNS = @COLUMNS@;
 
 // A cell's text, and whether it shows a problem.
 function cell(c, field) {
@@ -527,7 +616,7 @@ function connections(doc) {
   const body = el("tbody");
   for (const [key, c] of Object.entries(doc.connections).sort()) {
     const row = el("tr", {"data-key": key}, el("td", {}, key));
-    for (const field of COLUMNS) {
+    for (const [field] of COLUMNS) {
       const [value, bad] = cell(c, field);
       row.append(el("td", {"data-field": field, "class": bad ? "no" : ""},
                     value));
@@ -535,12 +624,11 @@ function connections(doc) {
     body.append(row);
   }
   if (!body.children.length)
-    body.append(el("tr", {}, el("td", {colspan: 10}, "no publishers yet")));
+    body.append(el("tr", {}, el("td", {colspan: COLUMNS.length + 1},
+                              "no publishers yet")));
   return el("table", {},
             el("thead", {}, el("tr", {}, el("th", {}, "vhost:user"),
-               ...["connected", "node", "blocked", "publishes", "confirmed",
-                   "nacked", "returned", "queued", "outbox"]
-                 .map(h => el("th", {}, h)))),
+               ...COLUMNS.map(([, heading]) => el("th", {}, heading)))),
             body);
 }
 
@@ -594,3 +682,6 @@ async function refresh() {
 refresh();
 </script></body></html>
 """
+#: The page served, its publisher table's columns filled in.
+DASHBOARD = DASHBOARD_PAGE.replace(
+    b'@COLUMNS@', json.dumps(dashboard_columns()).encode('ascii'))

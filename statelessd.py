@@ -50,8 +50,8 @@ LOGGER = logging.getLogger('statelessd')
 
 #: How long a worker thread may hold the GIL before it is asked to pass it
 #: on.  Request and publisher threads give it up at every socket call
-#: anyway; the default 5 ms only adds forced switches between request
-#: threads, which cost a fifth of a worker's throughput in the benchmark.
+#: anyway, so the default 5 ms would only add forced switches between
+#: request threads.
 SWITCH_INTERVAL = 0.1
 #: Seconds a client is told to wait before retrying a 503.
 RETRY_AFTER = 5
@@ -61,9 +61,14 @@ SIBLING_TIMEOUT = 1.0
 HEALTH_TIMEOUT = 1.0
 #: What a custom dashboard in Application.paths.templates is called.
 DASHBOARD_TEMPLATE = 'dashboard.html'
-#: The original project's handler names, accepted in the Routes section.
-ROUTE_HANDLERS = ('statelessd.Publisher', 'statelessd.Stats',
-                  'statelessd.Dashboard')
+#: The original project's Routes section, whose paths statelessd serves.
+ORIGINAL_ROUTES = [['/([^/]+)/([^/]+)/([^/]+)', 'statelessd.Publisher'],
+                   ['/stats', 'statelessd.Stats'],
+                   ['/', 'statelessd.Dashboard']]
+#: The handler names accepted in the Routes section.
+ROUTE_HANDLERS = tuple(handler for _, handler in ORIGINAL_ROUTES)
+#: Header lines the standard library's parser takes at most.
+MAX_HEADER_LINES = 100
 #: AMQP short strings (names, most properties) hold at most this many bytes.
 SHORT_STRING = 255
 #: Who may read the statistics by default: this host and private networks.
@@ -116,144 +121,364 @@ class FieldError(HTTPError):
 
 # -- configuration -----------------------------------------------------------
 
-class Config:
-    """The validated configuration, with defaults for everything missing."""
+class Setting:
+    """One configuration key, declared once: loading, checking, the broker
+    side's settings, the error messages and the README's configuration
+    block all follow this declaration.
 
-    def __init__(self, document):
+    check(value, key) returns the value to use, or raises a ConfigError
+    that starts with the key.  Config keeps the value as an attribute of
+    the setting's name, unless attribute is false: then the value is only
+    checked, or is one part of a value Config builds from several
+    settings.  broker marks what the publishers need.
+    """
+
+    def __init__(self, section, name, default, check, description,
+                 broker=False, attribute=True):
+        self.section = section
+        self.name = name
+        self.default = default
+        self.check = check
+        self.description = description
+        self.broker = broker
+        self.attribute = attribute
+
+    @property
+    def key(self):
+        """The name a user looks for: Application.rabbitmq.heartbeat."""
+        if self.section is None:
+            return self.name
+        return '%s.%s' % (self.section, self.name)
+
+    def load(self, document):
+        """The checked value in a configuration document, or the default."""
+        value = section_mapping(document, self.section).get(self.name,
+                                                            self.default)
+        return self.check(value, self.key)
+
+
+def section_mapping(document, section):
+    """The mapping a dotted section names, {} where it is left out."""
+    mapping = document
+    names = section.split('.') if section else []
+    for depth, name in enumerate(names, 1):
+        value = mapping.get(name)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError('%s: must be a mapping'
+                              % '.'.join(names[:depth]))
+        mapping = value
+    return mapping
+
+
+def true_or_false(value, key):
+    if not isinstance(value, bool):
+        raise ConfigError('%s: %r is not true or false' % (key, value))
+    return value
+
+
+def positive_seconds(value, key):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or value <= 0:
+        raise ConfigError('%s: %r is not a positive number of seconds'
+                          % (key, value))
+    return float(value)
+
+
+def whole_number_at_least(minimum):
+    """A check for a whole number of at least minimum."""
+    def check(value, key):
+        if isinstance(value, bool) or not isinstance(value, int) \
+                or value < minimum:
+            raise ConfigError('%s: %r is not a whole number of at least %d'
+                              % (key, value, minimum))
+        return value
+    return check
+
+
+def header_line_count(value, key):
+    """The standard library's header parser stops at MAX_HEADER_LINES."""
+    value = whole_number_at_least(1)(value, key)
+    if value > MAX_HEADER_LINES:
+        raise ConfigError('%s: %d is more than the %d header lines '
+                          'statelessd can parse'
+                          % (key, value, MAX_HEADER_LINES))
+    return value
+
+
+def nonempty_string(value, key):
+    if not isinstance(value, str) or not value:
+        raise ConfigError('%s: %r is not a string' % (key, value))
+    return value
+
+
+def absolute_path(value, key):
+    """A path from the directory statelessd starts in, made absolute
+    because the daemon changes its directory to /."""
+    return os.path.abspath(nonempty_string(value, key))
+
+
+def optional(check):
+    """check, letting a left-out setting (null) through as None."""
+    def optional_check(value, key):
+        return None if value is None else check(value, key)
+    return optional_check
+
+
+def accepted_and_ignored(value, key):
+    """For the original project's keys that mean nothing here."""
+    return value
+
+
+def port_number(value, key):
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not 0 < value < 65536:
+        raise ConfigError('%s: %r is not a port number' % (key, value))
+    return value
+
+
+def port_list(value, key):
+    """One port or a list of ports, none twice."""
+    if not isinstance(value, list):
+        value = [value]
+    if not value:
+        raise ConfigError('%s: lists no port' % key)
+    result = [port_number(port, '%s[%d]' % (key, index))
+              for index, port in enumerate(value)]
+    if len(set(result)) != len(result):
+        raise ConfigError('%s: lists a port twice' % key)
+    return result
+
+
+def host_list(value, key):
+    """One host or a list of host[:port] nodes, as [(host, port or None)]."""
+    names = value if isinstance(value, list) else [value]
+    if not names:
+        raise ConfigError('%s: lists no host' % key)
+    nodes = []
+    for index, name in enumerate(names):
+        name_key = '%s[%d]' % (key, index) if isinstance(value, list) else key
+        if not isinstance(name, str) or not name:
+            raise ConfigError('%s: %r is not a host name' % (name_key, name))
+        host, _, port = name.rpartition(':')
+        if host and ']' not in port:
+            nodes.append((host.strip('[]'), port_number(port, name_key)))
+        else:
+            nodes.append((name.strip('[]'), None))
+    return nodes
+
+
+def cidr_networks(value, key):
+    """A list of CIDR networks (a bare address is a network of one)."""
+    if not isinstance(value, list):
+        raise ConfigError('%s: must be a list of networks' % key)
+    result = []
+    for index, entry in enumerate(value):
+        try:
+            result.append(ipaddress.ip_network(str(entry)))
+        except ValueError as error:
+            raise ConfigError('%s[%d]: %s' % (key, index, error)) from None
+    return result
+
+
+def original_routes(value, key):
+    """The original Routes section names only its own handlers; the paths
+    are fixed here, so the section is only checked."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ConfigError('%s: must be a list of [pattern, handler]' % key)
+    for index, route in enumerate(value):
+        if not (isinstance(route, list) and len(route) == 2):
+            raise ConfigError('%s[%d]: %r is not [pattern, handler]'
+                              % (key, index, route))
+        if route[1] not in ROUTE_HANDLERS:
+            raise ConfigError('%s[%d]: %r is not a statelessd handler '
+                              '(one of %s)' % (key, index, route[1],
+                                               ', '.join(ROUTE_HANDLERS)))
+    return value
+
+
+def logging_mapping(value, key):
+    if value is not None and not isinstance(value, dict):
+        raise ConfigError('%s: must be a logging.config mapping' % key)
+    return value
+
+
+#: Every setting statelessd reads, in the order of the README's
+#: configuration block.
+SETTINGS = (
+    Setting('Daemon', 'pidfile', None, optional(absolute_path),
+            'where the master writes its pid; a live pid there refuses a '
+            'second start'),
+    Setting('Daemon', 'user', None, optional(nonempty_string),
+            'the user root-started workers drop to once their port is bound',
+            attribute=False),
+    Setting('Daemon', 'group', None, optional(nonempty_string),
+            "the workers' group (default: the user's own)",
+            attribute=False),
+    Setting('Application', 'debug', False, true_or_false,
+            'true enables Logging handlers marked debug_only: true'),
+    Setting('Application', 'xsrf_cookies', False, accepted_and_ignored,
+            'accepted, unused (statelessd sets no cookies)',
+            attribute=False),
+    Setting('Application.paths', 'base', None, optional(absolute_path),
+            'the directory templates and static are relative to',
+            attribute=False),
+    Setting('Application.paths', 'templates', None,
+            optional(nonempty_string),
+            'a dashboard.html here replaces the built-in page',
+            attribute=False),
+    Setting('Application.paths', 'static', None, optional(nonempty_string),
+            'files served at /static/', attribute=False),
+    Setting('Application', 'spool', None, optional(absolute_path),
+            "where accepted messages wait for their confirm, for a killed "
+            "worker's successor to replay"),
+    Setting('Application.rabbitmq', 'host', 'localhost', host_list,
+            'a host, or a list of host[:port] nodes tried in order',
+            attribute=False),
+    Setting('Application.rabbitmq', 'port', None, optional(port_number),
+            'port for hosts that name none (default 5672, 5671 with TLS)',
+            attribute=False),
+    Setting('Application.rabbitmq', 'heartbeat', 60,
+            whole_number_at_least(0),
+            'AMQP heartbeat, seconds (0 disables)', broker=True),
+    Setting('Application.rabbitmq', 'connect_timeout', 5.0, positive_seconds,
+            "seconds a first request waits for its publisher's connection",
+            broker=True),
+    Setting('Application.rabbitmq', 'confirm_timeout', 10.0,
+            positive_seconds,
+            'seconds confirm-mode requests wait for the ack (then 504)',
+            broker=True),
+    Setting('Application.rabbitmq', 'confirm', False, true_or_false,
+            'true: every request waits for the confirm unless ?confirm=0'),
+    Setting('Application.rabbitmq', 'max_queue_size', 10000,
+            whole_number_at_least(1),
+            'messages one vhost/user publisher may hold (then 503)',
+            broker=True),
+    Setting('Application.rabbitmq', 'max_publishers', 1000,
+            whole_number_at_least(1),
+            'vhost/user pairs a worker keeps a connection and a thread for '
+            '(then 503)', broker=True),
+    Setting('Application.rabbitmq', 'login_failure_ttl', 5.0,
+            positive_seconds,
+            'seconds a refused vhost/user/password is refused again from '
+            'memory', broker=True),
+    Setting('Application.rabbitmq', 'password_check_interval', 300.0,
+            positive_seconds,
+            "seconds between checks that RabbitMQ still takes a publisher's "
+            "password", broker=True),
+    Setting('Application.rabbitmq', 'idle_timeout', 3600.0, positive_seconds,
+            'seconds before an unused publisher closes its connection',
+            broker=True),
+    Setting('Application.rabbitmq', 'shutdown_timeout', 10.0,
+            positive_seconds, 'seconds a stopping worker waits for confirms'),
+    Setting('Application.rabbitmq.tls', 'enabled', False, true_or_false,
+            'amqps to the broker', attribute=False),
+    Setting('Application.rabbitmq.tls', 'ca_file', None,
+            optional(nonempty_string),
+            "CA bundle the broker's certificate must chain to (default: the "
+            "system's)", attribute=False),
+    Setting('Application.rabbitmq.tls', 'cert_file', None,
+            optional(nonempty_string),
+            'client certificate, for brokers that ask for one',
+            attribute=False),
+    Setting('Application.rabbitmq.tls', 'key_file', None,
+            optional(nonempty_string), 'its key (default: in cert_file)',
+            attribute=False),
+    Setting('Application.rabbitmq.tls', 'verify', True, true_or_false,
+            'check the certificate chain and host name; false only encrypts',
+            attribute=False),
+    Setting('Application.rabbitmq.tls', 'server_hostname', None,
+            optional(nonempty_string),
+            'name to verify and send as SNI (default: the host connected to)',
+            attribute=False),
+    Setting('HTTPServer', 'address', '0.0.0.0', nonempty_string,
+            'address to bind'),
+    Setting('HTTPServer', 'ports', [8000], port_list,
+            'one worker process per port'),
+    Setting('HTTPServer', 'no_keep_alive', False, true_or_false,
+            'true closes every connection after one request',
+            attribute=False),
+    Setting('HTTPServer', 'cpu_affinity', True, true_or_false,
+            'each worker stays on one CPU, the ports taking the CPUs in turn'),
+    Setting('HTTPServer', 'xheaders', False, true_or_false,
+            "true: the client address from a trusted proxy's X-Real-IP"),
+    Setting('HTTPServer', 'max_body_size', 10485760, whole_number_at_least(0),
+            'bytes; larger bodies are answered 413'),
+    Setting('HTTPServer', 'max_batch_size', 1000, whole_number_at_least(1),
+            'messages in one batch request (then 413)'),
+    Setting('HTTPServer', 'max_header_size', 32768,
+            whole_number_at_least(256),
+            'bytes of headers, request line not included (then 431)'),
+    Setting('HTTPServer', 'max_header_count', MAX_HEADER_LINES,
+            header_line_count, 'header lines (then 431)'),
+    Setting('HTTPServer', 'socket_timeout', 75.0, positive_seconds,
+            'seconds a connection may sit idle, and the longest a response '
+            'may take to send'),
+    Setting('HTTPServer', 'request_timeout', 60.0, positive_seconds,
+            'seconds a started request has to arrive in full (then 408)'),
+    Setting('HTTPServer', 'max_connections', 500, whole_number_at_least(1),
+            'connections a worker serves at once, a thread each (then 503)'),
+    Setting('HTTPServer', 'stats_allow', STATS_ALLOW, cidr_networks,
+            'networks that may read /, /stats, /stats/all and /metrics'),
+    Setting('HTTPServer', 'trusted_proxies', TRUSTED_PROXIES, cidr_networks,
+            'whose X-Real-IP counts, with xheaders'),
+    Setting(None, 'Routes', ORIGINAL_ROUTES, original_routes,
+            "accepted for compatibility: the original's three handlers, at "
+            "fixed paths", attribute=False),
+    Setting(None, 'Logging', None, logging_mapping,
+            'a logging.config.dictConfig mapping (default: INFO to stderr)',
+            attribute=False),
+)
+
+#: Sections where an unknown key is an error: a misspelt tls "enabled"
+#: must not quietly leave the broker connection in plain text.
+STRICT_SECTIONS = ('Application.rabbitmq.tls',)
+
+
+class Config:
+    """The validated configuration: an attribute for each declared setting,
+    and the values built from several (run_as, templates, static, tls,
+    broker_hosts, keep_alive, loopback, logging)."""
+
+    def __init__(self, document, settings=SETTINGS):
         if document is None:
             document = {}
         if not isinstance(document, dict):
             raise ConfigError('the configuration must be a mapping of '
                               'sections')
-        daemon = section(document, 'Daemon')
-        application = section(document, 'Application')
-        rabbitmq = section(application, 'rabbitmq', 'Application.')
-        server = section(document, 'HTTPServer')
-
-        # Daemon.pidfile: where the master writes its pid; a live pid there
-        # refuses a second start, a dead one is replaced.
-        self.pidfile = optional_path(daemon, 'pidfile', os.getcwd(),
-                                     'Daemon.')
-        # Daemon.user, Daemon.group: whom the workers run as once their
-        # port is bound, when statelessd starts as root.  The group
-        # defaults to the user's own.
-        self.run_as = run_as(daemon)
-
-        # Application: debug enables Logging handlers marked debug_only.
-        self.debug = boolean(application, 'debug', False, 'Application.')
-        # Application.paths: templates may hold a dashboard.html that
-        # replaces the built-in page at /; static holds the files served
-        # under /static/.  Relative paths are relative to paths.base, and
-        # base to the working directory statelessd starts in.
-        paths = section(application, 'paths', 'Application.')
-        base = optional_path(paths, 'base', os.getcwd(),
-                             'Application.paths.') or os.getcwd()
-        self.templates = optional_path(paths, 'templates', base,
-                                       'Application.paths.')
-        self.static = optional_path(paths, 'static', base,
-                                    'Application.paths.')
-        # Application.rabbitmq: the broker, and how long to wait for it.
-        prefix = 'Application.rabbitmq.'
-        self.tls = broker_tls(rabbitmq)
-        self.broker_hosts = broker_hosts(rabbitmq, 5671 if self.tls else 5672)
-        self.heartbeat = integer(rabbitmq, 'heartbeat', 60, prefix, 0)
-        self.connect_timeout = number(rabbitmq, 'connect_timeout', 5.0,
-                                      prefix)
-        self.confirm_timeout = number(rabbitmq, 'confirm_timeout', 10.0,
-                                      prefix)
-        self.shutdown_timeout = number(rabbitmq, 'shutdown_timeout', 10.0,
-                                       prefix)
-        self.max_queue_size = integer(rabbitmq, 'max_queue_size', 10000,
-                                      prefix, 1)
-        self.idle_timeout = number(rabbitmq, 'idle_timeout', 3600.0, prefix)
-        # confirm: wait for the broker's ack before answering (?confirm=0
-        # opts out per request).
-        self.confirm = boolean(rabbitmq, 'confirm', False, prefix)
-        # max_publishers: vhost/user pairs a worker keeps a connection and a
-        # thread for; a request for one more is answered 503.
-        self.max_publishers = integer(rabbitmq, 'max_publishers', 1000,
-                                      prefix, 1)
-        # login_failure_ttl: seconds a vhost/user/password RabbitMQ refused
-        # is refused again from memory, without a new broker connection.
-        self.login_failure_ttl = number(rabbitmq, 'login_failure_ttl', 5.0,
-                                        prefix)
-        # password_check_interval: seconds between checks that RabbitMQ
-        # still takes a connected publisher's password; once it does not
-        # (changed, user deleted), the connection closes and requests with
-        # that password are refused.
-        self.password_check_interval = number(
-            rabbitmq, 'password_check_interval', 300.0, prefix)
-        # Application.spool: a directory where accepted messages wait for
-        # their confirm, so that a killed worker's successor replays them.
-        # With Daemon.user set, that user must be able to create and own it.
-        self.spool = optional_path(application, 'spool', os.getcwd(),
-                                   'Application.')
-
-        # HTTPServer: what to bind, and the limits of one request.
-        self.address = string(server, 'address', '0.0.0.0', 'HTTPServer.')
-        # Where a worker reaches its sibling ports for /stats/all.
+        refuse_unknown_keys(document, settings)
+        values = {}
+        for setting in settings:
+            values[setting.key] = setting.load(document)
+            if setting.attribute:
+                setattr(self, setting.name, values[setting.key])
+        self._broker_names = [setting.name for setting in settings
+                              if setting.broker]
+        self.run_as = run_as(values['Daemon.user'], values['Daemon.group'])
+        base = values['Application.paths.base'] or os.getcwd()
+        self.templates = path_under(base,
+                                    values['Application.paths.templates'])
+        self.static = path_under(base, values['Application.paths.static'])
+        self.tls = broker_tls(values, 'Application.rabbitmq.tls.')
+        self.broker_hosts = broker_nodes(
+            values['Application.rabbitmq.host'],
+            values['Application.rabbitmq.port'], self.tls)
+        self.keep_alive = not values['HTTPServer.no_keep_alive']
+        #: Where a worker reaches its sibling ports for /stats/all.
         self.loopback = loopback_address(self.address)
-        self.ports = ports(server)
-        self.keep_alive = not boolean(server, 'no_keep_alive', False,
-                                      'HTTPServer.')
-        # cpu_affinity: keep each worker process on one CPU, the ports
-        # taking the CPUs statelessd may use in turn; false leaves the
-        # placement to the kernel.
-        self.cpu_affinity = boolean(server, 'cpu_affinity', True,
-                                    'HTTPServer.')
-        self.xheaders = boolean(server, 'xheaders', False, 'HTTPServer.')
-        self.max_body_size = integer(server, 'max_body_size', 10485760,
-                                     'HTTPServer.', 0)
-        # max_batch_size: messages one request may carry; more is 413.
-        self.max_batch_size = integer(server, 'max_batch_size', 1000,
-                                      'HTTPServer.', 1)
-        # socket_timeout: how long a connection may sit idle between
-        # requests, and the longest a response may take to send.
-        self.socket_timeout = number(server, 'socket_timeout', 75.0,
-                                     'HTTPServer.')
-        # request_timeout: a request that has started must arrive in full
-        # (request line, headers, body) within this many seconds, however
-        # slowly its bytes trickle in; else 408 and the connection closes.
-        self.request_timeout = number(server, 'request_timeout', 60.0,
-                                      'HTTPServer.')
-        # max_header_size, max_header_count: the request headers (not the
-        # request line) in bytes and lines; beyond either, 431.  The
-        # standard library's parser never takes more than 100 lines.
-        self.max_header_size = integer(server, 'max_header_size', 32768,
-                                       'HTTPServer.', 256)
-        self.max_header_count = integer(server, 'max_header_count', 100,
-                                        'HTTPServer.', 1)
-        if self.max_header_count > 100:
-            raise ConfigError('HTTPServer.max_header_count: %d is more than '
-                              'the 100 header lines statelessd can parse'
-                              % self.max_header_count)
-        # max_connections: connections one worker serves at once, each in a
-        # thread; one more is answered 503 at once and closed.
-        self.max_connections = integer(server, 'max_connections', 500,
-                                       'HTTPServer.', 1)
-        # stats_allow: networks that may read /, /stats and the like; others
-        # get 403.  By default loopback and private networks: the figures
-        # name every vhost/user publishing through the worker.
-        self.stats_allow = networks(server, 'stats_allow', STATS_ALLOW)
-        # trusted_proxies: with xheaders on, the X-Real-IP of a request from
-        # one of these addresses is taken as the client for stats_allow.
-        self.trusted_proxies = networks(server, 'trusted_proxies',
-                                        TRUSTED_PROXIES)
-
-        check_routes(document.get('Routes'))
-        self.logging = logging_config(document.get('Logging'), self.debug)
+        self.logging = logging_config(values['Logging'], self.debug)
 
     def broker_settings(self, port):
-        return statelessd_amqp.Settings(
-            hosts=self.broker_hosts, heartbeat=self.heartbeat,
-            connect_timeout=self.connect_timeout,
-            max_queue_size=self.max_queue_size,
-            confirm_timeout=self.confirm_timeout,
-            idle_timeout=self.idle_timeout, port=port,
-            max_publishers=self.max_publishers,
-            login_failure_ttl=self.login_failure_ttl,
-            password_check_interval=self.password_check_interval,
-            tls=self.tls)
+        """The publishers' settings: those declared for the broker side,
+        the broker nodes, TLS and the worker's port."""
+        declared = {name: getattr(self, name) for name in self._broker_names}
+        return statelessd_amqp.Settings(self.broker_hosts, self.tls, port,
+                                        **declared)
 
 
 def load_config(path):
@@ -268,66 +493,25 @@ def load_config(path):
     return Config(document)
 
 
-def section(parent, name, prefix=''):
-    value = parent.get(name)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError('%s%s: must be a mapping' % (prefix, name))
-    return value
+def refuse_unknown_keys(document, settings):
+    for section in STRICT_SECTIONS:
+        known = [setting.name for setting in settings
+                 if setting.section == section]
+        unknown = sorted(set(section_mapping(document, section)) - set(known))
+        if unknown:
+            raise ConfigError('%s.%s: unknown setting (known: %s)'
+                              % (section, unknown[0], ', '.join(known)))
 
 
-def boolean(parent, name, default, prefix):
-    value = parent.get(name, default)
-    if not isinstance(value, bool):
-        raise ConfigError('%s%s: %r is not true or false'
-                          % (prefix, name, value))
-    return value
-
-
-def number(parent, name, default, prefix):
-    value = parent.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or value <= 0:
-        raise ConfigError('%s%s: %r is not a positive number of seconds'
-                          % (prefix, name, value))
-    return float(value)
-
-
-def integer(parent, name, default, prefix, minimum):
-    value = parent.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) \
-            or value < minimum:
-        raise ConfigError('%s%s: %r is not a whole number of at least %d'
-                          % (prefix, name, value, minimum))
-    return value
-
-
-def string(parent, name, default, prefix):
-    value = parent.get(name, default)
-    if not isinstance(value, str) or not value:
-        raise ConfigError('%s%s: %r is not a string' % (prefix, name, value))
-    return value
-
-
-def optional_string(parent, name, prefix):
-    if parent.get(name) is None:
+def path_under(base, path):
+    """A path relative to base made absolute, or None."""
+    if path is None:
         return None
-    return string(parent, name, None, prefix)
+    return os.path.abspath(os.path.join(base, path))
 
 
-def optional_path(parent, name, base, prefix):
-    """An absolute path: the daemon changes its directory to /."""
-    value = optional_string(parent, name, prefix)
-    if value is None:
-        return None
-    return os.path.abspath(os.path.join(base, value))
-
-
-def run_as(daemon):
+def run_as(user, group):
     """(uid, gid) from Daemon.user and Daemon.group, or None."""
-    user = optional_string(daemon, 'user', 'Daemon.')
-    group = optional_string(daemon, 'group', 'Daemon.')
     if user is None:
         if group is not None:
             raise ConfigError('Daemon.group: needs Daemon.user as well')
@@ -354,125 +538,37 @@ def loopback_address(address):
     return address
 
 
-def port_number(value, key):
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) \
-            or not 0 < value < 65536:
-        raise ConfigError('%s: %r is not a port number' % (key, value))
-    return value
+def broker_nodes(nodes, port, tls):
+    """The (host, port) nodes, a node naming no port taking
+    Application.rabbitmq.port, else AMQP's port (amqps' with TLS)."""
+    if port is None:
+        port = 5671 if tls else 5672
+    return [(host, port if node_port is None else node_port)
+            for host, node_port in nodes]
 
 
-def ports(server):
-    value = server.get('ports', [8000])
-    if not isinstance(value, list):
-        value = [value]
-    if not value:
-        raise ConfigError('HTTPServer.ports: lists no port')
-    result = [port_number(port, 'HTTPServer.ports[%d]' % index)
-              for index, port in enumerate(value)]
-    if len(set(result)) != len(result):
-        raise ConfigError('HTTPServer.ports: lists a port twice')
-    return result
-
-
-def networks(server, name, default):
-    """A list of CIDR networks (a bare address is a network of one)."""
-    value = server.get(name, default)
-    key = 'HTTPServer.' + name
-    if not isinstance(value, list):
-        raise ConfigError('%s: must be a list of networks' % key)
-    result = []
-    for index, entry in enumerate(value):
-        try:
-            result.append(ipaddress.ip_network(str(entry)))
-        except ValueError as error:
-            raise ConfigError('%s[%d]: %s' % (key, index, error)) from None
-    return result
-
-
-def broker_hosts(rabbitmq, default_port):
-    """Application.rabbitmq.host: one host or a list of host[:port] nodes;
-    port defaults to 5672, or 5671 with TLS."""
-    default_port = port_number(rabbitmq.get('port', default_port),
-                               'Application.rabbitmq.port')
-    value = rabbitmq.get('host', 'localhost')
-    names = value if isinstance(value, list) else [value]
-    if not names:
-        raise ConfigError('Application.rabbitmq.host: lists no host')
-    hosts = []
-    for index, name in enumerate(names):
-        key = 'Application.rabbitmq.host'
-        if isinstance(value, list):
-            key += '[%d]' % index
-        if not isinstance(name, str) or not name:
-            raise ConfigError('%s: %r is not a host name' % (key, name))
-        host, _, port = name.rpartition(':')
-        if host and ']' not in port:
-            hosts.append((host.strip('[]'), port_number(port, key)))
-        else:
-            hosts.append((name.strip('[]'), default_port))
-    return hosts
-
-
-TLS_KEYS = ('enabled', 'ca_file', 'cert_file', 'key_file', 'verify',
-            'server_hostname')
-
-
-def broker_tls(rabbitmq):
-    """Application.rabbitmq.tls: amqps to the broker, or None.
-
-    enabled (false) turns TLS on; ca_file is the CA bundle the broker's
-    certificate must chain to (default: the system's); cert_file and
-    key_file a client certificate, for brokers that ask for one; verify
-    (true) checks the chain and the host name, false only encrypts;
-    server_hostname is the name to check and send as SNI when it is not
-    the configured host.  Unknown keys are errors: a misspelt "enabled"
-    must not quietly leave the connection in plain text.
-    """
-    prefix = 'Application.rabbitmq.tls.'
-    tls = section(rabbitmq, 'tls', 'Application.rabbitmq.')
-    unknown = sorted(set(tls) - set(TLS_KEYS))
-    if unknown:
-        raise ConfigError('%s%s: unknown setting (known: %s)'
-                          % (prefix, unknown[0], ', '.join(TLS_KEYS)))
-    if not boolean(tls, 'enabled', False, prefix):
+def broker_tls(values, prefix):
+    """amqps to the broker (a statelessd_amqp.TLS), or None while the tls
+    settings under prefix leave it off."""
+    tls = {key[len(prefix):]: value for key, value in values.items()
+           if key.startswith(prefix)}
+    if not tls['enabled']:
         return None
-    ca_file = optional_string(tls, 'ca_file', prefix)
-    cert_file = optional_string(tls, 'cert_file', prefix)
-    key_file = optional_string(tls, 'key_file', prefix)
-    if key_file and not cert_file:
+    if tls['key_file'] and not tls['cert_file']:
         raise ConfigError(prefix + 'key_file: needs cert_file')
     try:
-        context = ssl.create_default_context(cafile=ca_file)
+        context = ssl.create_default_context(cafile=tls['ca_file'])
     except (OSError, ssl.SSLError) as error:
         raise ConfigError('%sca_file: %s' % (prefix, error)) from None
-    if cert_file:
+    if tls['cert_file']:
         try:
-            context.load_cert_chain(cert_file, key_file)
+            context.load_cert_chain(tls['cert_file'], tls['key_file'])
         except (OSError, ssl.SSLError) as error:
             raise ConfigError('%scert_file: %s' % (prefix, error)) from None
-    if not boolean(tls, 'verify', True, prefix):
+    if not tls['verify']:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    return statelessd_amqp.TLS(
-        context, optional_string(tls, 'server_hostname', prefix))
-
-
-def check_routes(routes):
-    """Accept the original Routes section; its paths are fixed here."""
-    if routes is None:
-        return
-    if not isinstance(routes, list):
-        raise ConfigError('Routes: must be a list of [pattern, handler]')
-    for index, route in enumerate(routes):
-        if not (isinstance(route, list) and len(route) == 2):
-            raise ConfigError('Routes[%d]: %r is not [pattern, handler]'
-                              % (index, route))
-        if route[1] not in ROUTE_HANDLERS:
-            raise ConfigError('Routes[%d]: %r is not a statelessd handler '
-                              '(one of %s)' % (index, route[1],
-                                               ', '.join(ROUTE_HANDLERS)))
+    return statelessd_amqp.TLS(context, tls['server_hostname'])
 
 
 def logging_config(mapping, debug):
@@ -487,8 +583,6 @@ def logging_config(mapping, debug):
                 'loggers': {'pika': {'level': 'WARNING'}},
                 'root': {'level': 'DEBUG' if debug else 'INFO',
                          'handlers': ['console']}}
-    if not isinstance(mapping, dict):
-        raise ConfigError('Logging: must be a logging.config mapping')
     mapping = json.loads(json.dumps(mapping))
     mapping.setdefault('version', 1)
     # statelessd's loggers exist before the configuration is applied.

@@ -136,24 +136,18 @@ class TLS:
 
 
 class Settings:
-    """What a publisher needs to know about the broker and its limits."""
+    """What a publisher needs to know about the broker and its limits: the
+    broker nodes as (host, port) pairs, the TLS to wrap them in (or None),
+    the worker's port, and as attributes the settings the configuration
+    declares for the broker side (heartbeat, connect_timeout,
+    max_queue_size ...).  Their defaults and checks live in that
+    declaration, statelessd.SETTINGS, and nowhere here."""
 
-    def __init__(self, hosts, heartbeat=60, connect_timeout=5.0,
-                 max_queue_size=10000, confirm_timeout=10.0,
-                 idle_timeout=3600.0, port=0, max_publishers=1000,
-                 login_failure_ttl=5.0, password_check_interval=300.0,
-                 tls=None):
+    def __init__(self, hosts, tls, port, **declared):
         self.hosts = list(hosts)
-        self.heartbeat = heartbeat
-        self.connect_timeout = connect_timeout
-        self.max_queue_size = max_queue_size
-        self.confirm_timeout = confirm_timeout
-        self.idle_timeout = idle_timeout
-        self.port = port
-        self.max_publishers = max_publishers
-        self.login_failure_ttl = login_failure_ttl
-        self.password_check_interval = password_check_interval
         self.tls = tls
+        self.port = port
+        self.__dict__.update(declared)
 
 
 class Message:

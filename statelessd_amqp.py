@@ -159,14 +159,15 @@ class Settings:
 class Message:
     """One message on its way through a publisher.
 
-    A request that waits for the outcome gets a ``done`` event; without
-    one, the client was told 204 already and the message must be kept
-    until RabbitMQ takes it.
+    A publisher marks the message whose request waits for the outcome
+    (mark_awaited), and the request then waits with outcome().  Any other
+    message's client was told 204 already, so the message is kept until
+    RabbitMQ takes it.
     """
 
     __slots__ = ('exchange', 'routing_key', 'body', 'properties', 'mandatory',
-                 'done', 'error', 'abandoned', 'returned', 'nacks',
-                 'spool_id')
+                 'error', 'abandoned', 'returned', 'nacks', 'spool_id',
+                 '_done', '_confirm', '_timeout')
 
     def __init__(self, exchange, routing_key, body, properties,
                  mandatory=False):
@@ -175,25 +176,61 @@ class Message:
         self.body = body
         self.properties = properties
         self.mandatory = mandatory
-        self.done = None
         self.error = None
         self.abandoned = False
         self.returned = False
         self.nacks = 0
         self.spool_id = None
+        self._done = None
+        self._confirm = False
+        self._timeout = 0.0
+
+    def mark_awaited(self, confirm, timeout):
+        """The request waits up to timeout seconds: for RabbitMQ's confirm
+        when confirm is true, else for RabbitMQ to take the message (an
+        exchange the publisher has not checked yet)."""
+        self._done = threading.Event()
+        self._confirm = confirm
+        self._timeout = timeout
 
     @property
     def accepted(self):
         """True when the client was told 204 before the broker's word."""
-        return self.done is None
+        return self._done is None
 
     def settle(self, error=None):
         """Record the outcome; a request already answered keeps its answer."""
-        if self.done is not None and self.done.is_set():
+        done = self._done
+        if done is None or done.is_set():
             return
         self.error = error
-        if self.done is not None:
-            self.done.set()
+        done.set()
+
+    def abandon(self, error):
+        """Answer the waiting request with error now; a message its client
+        was refused is not sent after that."""
+        self.abandoned = True
+        self.settle(error)
+
+    def outcome(self, deadline):
+        """None once RabbitMQ took the message (confirmed it, in confirm
+        mode) or when nobody waits for it; else its PublishError.
+
+        Waits until deadline at most.  A request that stops waiting
+        abandons the message: its client hears that it failed, so a message
+        not yet sent is not sent.
+        """
+        done = self._done
+        if done is None:
+            return None
+        if done.wait(max(0.0, deadline - time.monotonic())):
+            return self.error
+        self.abandoned = True
+        if self._confirm:
+            return ConfirmTimeout('RabbitMQ did not confirm the message '
+                                  'within %ss' % self._timeout)
+        return BrokerUnavailable('RabbitMQ did not take the message within '
+                                 '%ss' % self._timeout)
 
 
 def basic_properties(mapping):
@@ -491,7 +528,7 @@ class Publisher(threading.Thread):
                                                  self.settings.max_queue_size))
         for message in messages:
             if self._waits(message, confirm):
-                message.done = threading.Event()
+                message.mark_awaited(confirm, self.settings.confirm_timeout)
             elif message.spool_id is None and self._spool is not None:
                 self._spool.add(self.vhost, self.user, self._password,
                                 message)
@@ -821,8 +858,7 @@ class Publisher(threading.Thread):
         error = blocked_error(self.blocked_by)
         for message in self._held_messages():
             if not message.accepted:
-                message.abandoned = True
-                message.settle(error)
+                message.abandon(error)
 
     def _on_unblocked(self, _connection, _frame):
         LOGGER.warning('%s:%s unblocked by RabbitMQ', self.vhost, self.user)

@@ -1846,18 +1846,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def outcome(self, message, confirm, deadline):
         """None once the message is taken (confirmed, in confirm mode), or
         its PublishError; waits until deadline at most."""
-        if message.done is None:
-            return None
-        if not message.done.wait(max(0.0, deadline - time.monotonic())):
-            message.abandoned = True
-            if confirm:
-                return statelessd_amqp.ConfirmTimeout(
-                    'RabbitMQ did not confirm the message within %ss'
-                    % self.worker.config.confirm_timeout)
-            return statelessd_amqp.BrokerUnavailable(
-                'RabbitMQ did not take the message within %ss'
-                % self.worker.config.confirm_timeout)
-        return message.error
+        return message.outcome(deadline)
 
     def body_framing(self):
         """How the request's body is delimited (RFC 9112 section 6): its

@@ -53,7 +53,7 @@ NACK_RETRIES = 3
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 #: Messages a connected publisher may have waiting before the requests
-#: adding more wait for it to catch up (see Publisher._keep_pace).
+#: adding more wait for it to catch up (see FlowControl).
 FLOW_HIGH_WATER = 500
 #: How often a request held by flow control looks again.
 FLOW_CHECK = 0.05
@@ -153,14 +153,15 @@ class Settings:
 class Message:
     """One message on its way through a publisher.
 
-    A request that waits for the outcome gets a ``done`` event; without
-    one, the client was told 204 already and the message must be kept
-    until RabbitMQ takes it.
+    A publisher marks the message whose request waits for the outcome
+    (mark_awaited), and the request then waits with outcome().  Any other
+    message's client was told 204 already, so the message is kept until
+    RabbitMQ takes it.
     """
 
     __slots__ = ('exchange', 'routing_key', 'body', 'properties', 'mandatory',
-                 'done', 'error', 'abandoned', 'returned', 'nacks',
-                 'spool_id')
+                 'error', 'abandoned', 'returned', 'nacks', 'spool_id',
+                 '_done', '_confirm', '_timeout')
 
     def __init__(self, exchange, routing_key, body, properties,
                  mandatory=False):
@@ -169,25 +170,61 @@ class Message:
         self.body = body
         self.properties = properties
         self.mandatory = mandatory
-        self.done = None
         self.error = None
         self.abandoned = False
         self.returned = False
         self.nacks = 0
         self.spool_id = None
+        self._done = None
+        self._confirm = False
+        self._timeout = 0.0
+
+    def mark_awaited(self, confirm, timeout):
+        """The request waits up to timeout seconds: for RabbitMQ's confirm
+        when confirm is true, else for RabbitMQ to take the message (an
+        exchange the publisher has not checked yet)."""
+        self._done = threading.Event()
+        self._confirm = confirm
+        self._timeout = timeout
 
     @property
     def accepted(self):
         """True when the client was told 204 before the broker's word."""
-        return self.done is None
+        return self._done is None
 
     def settle(self, error=None):
         """Record the outcome; a request already answered keeps its answer."""
-        if self.done is not None and self.done.is_set():
+        done = self._done
+        if done is None or done.is_set():
             return
         self.error = error
-        if self.done is not None:
-            self.done.set()
+        done.set()
+
+    def abandon(self, error):
+        """Answer the waiting request with error now; a message its client
+        was refused is not sent after that."""
+        self.abandoned = True
+        self.settle(error)
+
+    def outcome(self, deadline):
+        """None once RabbitMQ took the message (confirmed it, in confirm
+        mode) or when nobody waits for it; else its PublishError.
+
+        Waits until deadline at most.  A request that stops waiting
+        abandons the message: its client hears that it failed, so a message
+        not yet sent is not sent.
+        """
+        done = self._done
+        if done is None:
+            return None
+        if done.wait(max(0.0, deadline - time.monotonic())):
+            return self.error
+        self.abandoned = True
+        if self._confirm:
+            return ConfirmTimeout('RabbitMQ did not confirm the message '
+                                  'within %ss' % self._timeout)
+        return BrokerUnavailable('RabbitMQ did not take the message within '
+                                 '%ss' % self._timeout)
 
 
 def basic_properties(mapping):
@@ -282,8 +319,9 @@ def refused_exchange(reply_text):
 
 
 class Wire:
-    """The main channel's batched publishing: the one place statelessd
-    uses pika's private names.
+    """Batched writes with pipelined confirms through pika's private names;
+    where a pika lacks them, Wire() raises AttributeError and every message
+    goes through the public channel.basic_publish instead (Link._probe).
 
     pika's public basic_publish builds and marshals the method frame anew
     for every message and hands each frame to the transport separately,
@@ -291,11 +329,8 @@ class Wire:
     method frame is kept per exchange, routing key and flag, a batch goes
     out in one write, and acks arrive while more messages go out.  That
     takes BlockingConnection._impl and BlockingChannel._impl,
-    Connection._body_max_length and Connection._output_marshaled_frames.
-
-    A pika without one of them makes Wire() raise AttributeError when the
-    publisher opens its channel; the publisher then publishes through the
-    public API, one confirmed message at a time (Publisher._probe).
+    Connection._body_max_length and Connection._output_marshaled_frames;
+    nothing else in statelessd touches pika's private names.
     """
 
     def __init__(self, connection, channel):
@@ -309,6 +344,7 @@ class Wire:
                                  '_output_marshaled_frames changed meaning')
         self._number = channel.channel_number
         self._method_frames = {}
+        self._unsent = []
 
     def select_confirms(self, connection, on_confirm, on_return, on_close):
         """Confirm mode with pipelined acks.
@@ -324,32 +360,43 @@ class Wire:
         while not selected:
             connection.process_data_events(time_limit=0.005)
 
-    def frames(self, message):
-        """The message's Basic.Publish, content header and body frames, as
-        pika's Channel.basic_publish marshals them."""
+    def add(self, message):
+        """Marshal the message's Basic.Publish, content header and body
+        frames as pika's Channel.basic_publish does; they leave with the
+        next flush."""
         key = (message.exchange, message.routing_key, message.mandatory)
         method = self._method_frames.get(key)
         if method is None:
-            if len(self._method_frames) >= METHOD_FRAMES:
-                self._method_frames.clear()
-            method = self._method_frames[key] = pika.frame.Method(
-                self._number, pika.spec.Basic.Publish(
-                    exchange=message.exchange,
-                    routing_key=message.routing_key,
-                    mandatory=message.mandatory)).marshal()
+            method = self._method_frame(message, key)
         body = message.body
-        frames = [method, pika.frame.Header(self._number, len(body),
-                                            message.properties).marshal()]
+        unsent = self._unsent
+        unsent.append(method)
+        unsent.append(pika.frame.Header(self._number, len(body),
+                                        message.properties).marshal())
         limit = self._body_max_length
         for start in range(0, len(body), limit):
-            frames.append(pika.frame.Body(
+            unsent.append(pika.frame.Body(
                 self._number, body[start:start + limit]).marshal())
-        return frames
 
-    def write(self, data):
-        """Hand marshalled frames to pika, which sends them the next time
-        the connection is served."""
-        self._output([data])
+    def _method_frame(self, message, key):
+        if len(self._method_frames) >= METHOD_FRAMES:
+            self._method_frames.clear()
+        method = self._method_frames[key] = pika.frame.Method(
+            self._number, pika.spec.Basic.Publish(
+                exchange=message.exchange,
+                routing_key=message.routing_key,
+                mandatory=message.mandatory)).marshal()
+        return method
+
+    def flush(self):
+        """Hand the frames added since the last flush to pika as one
+        buffer, sent the next time the connection is served.  Messages
+        whose frames never leave stay unconfirmed and are published again
+        after the reconnect."""
+        if self._unsent:
+            data = b''.join(self._unsent)
+            self._unsent.clear()
+            self._output([data])
 
 
 def blocked_error(reason):
@@ -357,12 +404,607 @@ def blocked_error(reason):
                    'the alarm to clear' % reason)
 
 
+class Outbox:
+    """The messages a publisher took from its queue that RabbitMQ has not
+    settled yet, and what the broker's word makes of each.
+
+    Published messages wait for their confirm by delivery tag; others
+    wait to be published again, before anything new: the unconfirmed
+    ones of a lost channel, nacked ones, and those parked for a missing
+    exchange.  A message leaves only with RabbitMQ's final word, so a
+    dropped channel or connection loses nothing answered 204.
+    """
+
+    def __init__(self, stats, spool, flow, vhost, user):
+        self.stats = stats
+        self.vhost = vhost
+        self.user = user
+        self._spool = spool
+        self._flow = flow
+        self._unconfirmed = collections.OrderedDict()
+        self._next_tag = 1
+        #: Messages to publish before the queue's, first one first.
+        self.retry = collections.deque()
+        #: Messages answered 204 whose exchange is missing or refused.
+        self.parked = []
+        self._nack_held = []
+        self._nack_retry_at = None
+        self._nack_backoff = BACKOFF_FIRST
+
+    def __len__(self):
+        return (len(self._unconfirmed) + len(self.retry) + len(self.parked)
+                + len(self._nack_held))
+
+    @property
+    def unconfirmed(self):
+        """How many published messages wait for their confirm."""
+        return len(self._unconfirmed)
+
+    def held_messages(self):
+        """Every message held here but the parked ones."""
+        return (list(self._unconfirmed.values()) + list(self.retry)
+                + self._nack_held)
+
+    def add(self, message):
+        """Keep a message just published on the main channel under its
+        delivery tag."""
+        self._unconfirmed[self._next_tag] = message
+        self._next_tag += 1
+
+    def restart(self):
+        """A new main channel counts delivery tags from 1: every
+        unconfirmed message goes to the front, in publish order."""
+        self._next_tag = 1
+        if self._unconfirmed:
+            self.stats.republished += len(self._unconfirmed)
+            self.retry.extendleft(reversed(self._unconfirmed.values()))
+            self._unconfirmed.clear()
+
+    def take_back(self):
+        """The connection is gone: whatever it did not settle is published
+        first on the next one, nacked messages first of all."""
+        self.restart()
+        self.retry_nacked()
+
+    def nack_retry_due(self):
+        return self._nack_retry_at is not None and \
+            time.monotonic() >= self._nack_retry_at
+
+    def retry_nacked(self):
+        """Publish the nacked messages first (see nacked)."""
+        self._nack_retry_at = None
+        self.retry.extendleft(reversed(self._nack_held))
+        self._nack_held.clear()
+
+    def unpark(self):
+        self.retry.extend(self.parked)
+        self.parked.clear()
+
+    def on_confirm(self, frame):
+        method = frame.method
+        acked = isinstance(method, pika.spec.Basic.Ack)
+        if acked:
+            self._nack_backoff = BACKOFF_FIRST
+        for message in self._confirmed_messages(method.delivery_tag,
+                                                method.multiple):
+            if not acked:
+                self.nacked(message)
+            elif message.returned:
+                self.finish_returned(message)
+            else:
+                self.stats.confirmed += 1
+                self.finish(message)
+        self._flow.release()
+
+    def _confirmed_messages(self, tag, multiple):
+        """Pop what an ack or nack covers; the outbox is in tag order."""
+        if not multiple:
+            message = self._unconfirmed.pop(tag, None)
+            return [message] if message is not None else []
+        messages = []
+        unconfirmed = self._unconfirmed
+        while unconfirmed and next(iter(unconfirmed)) <= tag:
+            messages.append(unconfirmed.popitem(last=False)[1])
+        return messages
+
+    def on_return(self, _channel, method, _properties, body):
+        for message in self._unconfirmed.values():
+            if (message.mandatory and not message.returned
+                    and message.exchange == method.exchange
+                    and message.routing_key == method.routing_key
+                    and message.body == body):
+                message.returned = True
+                return
+
+    def nacked(self, message):
+        """A nack is no reason to drop a message answered 204: it waits and
+        goes out again on fresh channels, with backoff, for as long as
+        statelessd runs.  A request waiting for the outcome gets its 503
+        after NACK_RETRIES attempts.
+
+        RabbitMQ can nack every publish on a channel opened just after a
+        quorum queue's leader died; a channel opened later works, so the
+        publisher replaces its channels before the retry.
+        """
+        self.stats.nacked += 1
+        message.nacks += 1
+        if not message.accepted and message.nacks >= NACK_RETRIES:
+            LOGGER.error('RabbitMQ nacked message_id=%r for %r/%r %d times',
+                         message.properties.message_id, message.exchange,
+                         message.routing_key, message.nacks)
+            self.finish(message, Nacked('RabbitMQ nacked the message %d '
+                                        'times' % message.nacks))
+            return
+        self._nack_held.append(message)
+        if self._nack_retry_at is None:
+            delay = self._nack_backoff * random.uniform(0.5, 1.5)
+            self._nack_backoff = min(self._nack_backoff * 2, BACKOFF_MAX)
+            self._nack_retry_at = time.monotonic() + delay
+            LOGGER.warning('%s:%s RabbitMQ nacked message_id=%r for %r/%r; '
+                           'publishing it again on fresh channels in %.1fs',
+                           self.vhost, self.user,
+                           message.properties.message_id, message.exchange,
+                           message.routing_key, delay)
+
+    def refused(self, message, failure):
+        """The exchange is missing or refused: a request waiting hears so,
+        and a message answered 204 is parked until it can go."""
+        if message.accepted:
+            LOGGER.warning('Holding a message for %r: %s', message.exchange,
+                           failure.reason)
+            self.parked.append(message)
+        else:
+            self.finish(message, failure)
+
+    def finish_returned(self, message):
+        self.stats.returned += 1
+        reason = ('no queue is bound to exchange %r with routing key %r'
+                  % (message.exchange, message.routing_key))
+        if message.accepted:
+            LOGGER.warning('Returned unroutable message_id=%r: %s',
+                           message.properties.message_id, reason)
+            self.finish(message)
+        else:
+            self.finish(message, Unroutable(reason))
+
+    def finish(self, message, error=None):
+        """The broker's word is in: tell the request, retire the spool entry."""
+        message.settle(error)
+        if message.spool_id is not None:
+            self._spool.retire(message.spool_id)
+
+    def settle_waiting(self, error, queued):
+        """Answer the requests that wait for an outcome with error; keep the
+        messages that were answered 204, in order, queued ones last."""
+        held = list(self.retry) + queued
+        self.retry.clear()
+        for message in held:
+            if message.accepted:
+                self.retry.append(message)
+            else:
+                self.finish(message, error)
+
+
+class FlowControl:
+    """Holds the requests of a connected publisher that lags behind.
+
+    Request threads take messages faster than one publisher thread can
+    publish them, and a busy broker confirms them later than they come;
+    left alone, waiting and unconfirmed messages fill max_queue_size and
+    the surplus is answered 503.  Waiting here gives the publisher the GIL
+    and the broker time, and turns overload into latency.  A publisher
+    that is not connected, or that RabbitMQ blocks, is not waited for: its
+    queue bound answers for it.
+    """
+
+    def __init__(self, settings, in_flight):
+        self._high_water = min(FLOW_HIGH_WATER, settings.max_queue_size // 2)
+        self._timeout = settings.confirm_timeout
+        self._in_flight = in_flight
+        self._caught_up = threading.Condition()
+        self._waiters = 0
+
+    def keep_pace(self, may_hold):
+        """Hold the calling request while in_flight() is at high water and
+        may_hold(), for confirm_timeout at most.  Held requests go on oldest
+        first, one for each message confirmed or sent (see release)."""
+        if self._in_flight() < self._high_water or not may_hold():
+            return
+        deadline = time.monotonic() + self._timeout
+        with self._caught_up:
+            self._waiters += 1
+            try:
+                while (self._in_flight() >= self._high_water and may_hold()
+                       and time.monotonic() < deadline):
+                    self._caught_up.wait(FLOW_CHECK)
+            finally:
+                self._waiters -= 1
+
+    def release(self):
+        """Let as many held requests go as there is room, oldest first.
+
+        Releasing them all at once when the backlog had halved made the
+        wait a lottery: a broker slow to confirm (a contended topic
+        exchange) left some requests waiting round after round.  Condition
+        waiters are woken in the order they began to wait.
+        """
+        if not self._waiters:
+            return
+        room = self._high_water - self._in_flight()
+        if room > 0:
+            with self._caught_up:
+                self._caught_up.notify(room)
+
+
+class Link:
+    """A publisher's connection to RabbitMQ and its two channels: which
+    host it opens, which channel each message goes out on, and what a
+    block or a closed channel means for the messages.
+
+    A message for an exchange this publisher has seen take messages goes
+    out batched on the main channel (Wire).  The first one for any other
+    goes out alone on the synchronous check channel: a missing exchange
+    or a refused write then closes only that channel, so one client's
+    typo never costs the messages other clients have in flight.
+    """
+
+    def __init__(self, settings, stats, outbox, vhost, user, on_block):
+        self.settings = settings
+        self.stats = stats
+        self.vhost = vhost
+        self.user = user
+        self._outbox = outbox
+        self._on_block = on_block
+        self._next_host = random.randrange(len(settings.hosts))
+        self.node = None
+        self.blocked_by = None
+        #: Exchanges that took a message from this publisher.
+        self.known_exchanges = {''}
+        #: False for good once this pika lacks what Wire needs.
+        self.batched = True
+        self._connection = None
+        self._channel = None
+        self._channel_close_reason = ''
+        self._check_channel = None
+        self._wire = None
+
+    def connect(self, password):
+        """Log in at the host after the last one used, or the next that
+        answers, and open both channels."""
+        self._connection, self.node = open_connection(
+            self.settings, self.vhost, self.user, password,
+            self._next_host)
+        self._next_host = (self.settings.hosts.index(self.node) + 1) % len(
+            self.settings.hosts)
+        self.stats.connection_opened()
+        self._connection.add_on_connection_blocked_callback(self._on_blocked)
+        self._connection.add_on_connection_unblocked_callback(
+            self._on_unblocked)
+        self._open_check_channel()
+        self._open_channel()
+        self.stats.connected = True
+        LOGGER.info('Connected %s:%s to %s:%s', self.vhost, self.user,
+                    *self.node)
+
+    def disconnect(self):
+        self.stats.connected = False
+        self.blocked_by = None
+        connection, self._connection = self._connection, None
+        self._channel = self._check_channel = self._wire = None
+        self.node = None
+        if connection is None:
+            return
+        try:
+            if connection.is_open:
+                connection.close()
+        except Exception:
+            LOGGER.debug('%s:%s closing a failed connection', self.vhost,
+                         self.user, exc_info=True)
+        self.stats.connection_closed()
+
+    def process_events(self, time_limit):
+        self._connection.process_data_events(time_limit=time_limit)
+
+    def wake(self):
+        """Cut process_events short, from any thread."""
+        connection = self._connection
+        if connection is None:
+            return
+        try:
+            connection.add_callback_threadsafe(_nothing)
+        except pika.exceptions.ConnectionWrongStateError:
+            pass
+
+    def _open_channel(self):
+        """Open the main channel for batched publishing, unless this pika
+        lacks what Wire needs: then every message goes through the check
+        channel."""
+        self._outbox.restart()
+        if not self.batched:
+            return
+        channel = self._connection.channel()
+        self.stats.channel_opened()
+        try:
+            wire = Wire(self._connection, channel)
+        except AttributeError as error:
+            self._publish_publicly(error)
+            channel.close()
+            return
+        wire.select_confirms(self._connection, self._outbox.on_confirm,
+                             self._outbox.on_return, self._on_channel_closed)
+        self._channel, self._wire = channel, wire
+
+    def _publish_publicly(self, error):
+        """Fall back to pika's public basic_publish for good; said once per
+        process, since every publisher meets the same pika."""
+        global _PUBLIC_FALLBACK_LOGGED
+        self.batched = False
+        if not _PUBLIC_FALLBACK_LOGGED:
+            _PUBLIC_FALLBACK_LOGGED = True
+            LOGGER.warning('pika %s lacks what batched publishing needs (%s);'
+                           ' publishing with basic_publish, one confirmed '
+                           'message at a time', pika.__version__, error)
+
+    def _open_check_channel(self):
+        channel = self._connection.channel()
+        channel.confirm_delivery()
+        self.stats.channel_opened()
+        self._check_channel = channel
+
+    def _on_channel_closed(self, _channel, reason):
+        self._channel_close_reason = getattr(reason, 'reply_text', '') \
+            or str(reason)
+
+    def reopen_closed_channel(self):
+        """Replace a main channel RabbitMQ closed; the exchange it blamed
+        is checked again."""
+        if self._channel is None or not self._channel.is_closed:
+            return
+        reason = self._channel_close_reason
+        LOGGER.warning('%s:%s channel closed: %s', self.vhost, self.user,
+                       reason)
+        self.stats.channel_closed()
+        self.known_exchanges.discard(refused_exchange(reason))
+        self._open_channel()
+
+    def replace_channels(self):
+        """Close both channels and open fresh ones (see Outbox.nacked)."""
+        for channel in (self._channel, self._check_channel):
+            if channel is not None and channel.is_open:
+                channel.close()
+                self.stats.channel_closed()
+        self._open_check_channel()
+        self._open_channel()
+
+    def _on_blocked(self, _connection, frame):
+        """RabbitMQ raised a memory or disk alarm and stops reading what
+        this connection publishes.  The connection stays open, as RabbitMQ
+        asks: messages answered 204 wait here, and requests waiting for an
+        outcome are answered now rather than at their timeout."""
+        self.blocked_by = getattr(frame.method, 'reason', '') or 'an alarm'
+        LOGGER.warning('%s:%s blocked by RabbitMQ: %s', self.vhost,
+                       self.user, self.blocked_by)
+        self._on_block(blocked_error(self.blocked_by))
+
+    def _on_unblocked(self, _connection, _frame):
+        LOGGER.warning('%s:%s unblocked by RabbitMQ', self.vhost, self.user)
+        self.blocked_by = None
+
+    def can_publish(self):
+        """While RabbitMQ blocks the connection, messages wait."""
+        if self.blocked_by is not None:
+            return False
+        return self._channel is None or self._channel.is_open
+
+    def send(self, message):
+        """Publish one message; it is in the outbox before any frame of it
+        is made, so a failure from here on leaves it to be republished."""
+        if message.abandoned:
+            self._outbox.finish(message,
+                                ConfirmTimeout('abandoned by its request'))
+            return
+        wire = self._wire
+        if wire is None or message.exchange not in self.known_exchanges:
+            self.flush()
+            self._probe(message)
+            return
+        self._outbox.add(message)
+        self.stats.publishes += 1
+        wire.add(message)
+
+    def flush(self):
+        """Write what send batched, in one buffer."""
+        if self._wire is not None:
+            self._wire.flush()
+
+    def _probe(self, message):
+        """Publish synchronously on the check channel to learn the exchange.
+
+        The message itself is the probe: on ack it is delivered and the
+        exchange is known for this publisher from then on.  Without the
+        batched path every message goes this way.
+        """
+        try:
+            self._check_channel.basic_publish(
+                message.exchange, message.routing_key, message.body,
+                message.properties, mandatory=message.mandatory)
+        except pika.exceptions.UnroutableError:
+            self.known_exchanges.add(message.exchange)
+            self.stats.publishes += 1
+            self._outbox.finish_returned(message)
+        except pika.exceptions.NackError:
+            self.stats.publishes += 1
+            self._outbox.nacked(message)
+        except pika.exceptions.ChannelClosedByBroker as error:
+            self.stats.channel_closed()
+            self._open_check_channel()
+            self._outbox.refused(message, self._refusal(message, error))
+        except Exception:
+            self._outbox.retry.appendleft(message)
+            raise
+        else:
+            self.known_exchanges.add(message.exchange)
+            self.stats.publishes += 1
+            self.stats.confirmed += 1
+            self._outbox.finish(message)
+
+    def _refusal(self, message, error):
+        if error.reply_code == 404:
+            return ExchangeNotFound('exchange %r does not exist in vhost %r'
+                                    % (message.exchange, self.vhost))
+        return ExchangeRefused('user %r may not publish to exchange %r in '
+                               'vhost %r' % (self.user, message.exchange,
+                                             self.vhost))
+
+
+class Pump:
+    """The publisher thread's work while a connection lasts: it moves
+    messages from the queue and the outbox's retries out over the link,
+    and keeps the channels fit for it between rounds.
+
+    While messages flow, the thread looks every BATCH_TICK without being
+    woken: a wake per message costs a GIL hand-over each, and a tick
+    gathers the messages of many requests into one batch.  Once quiet for
+    QUIET seconds it asks to be woken and sleeps.
+    """
+
+    def __init__(self, incoming, link, outbox, flow):
+        self._incoming = incoming
+        self._link = link
+        self._outbox = outbox
+        self._flow = flow
+        self._wake_pending = False
+
+    def wake(self, force=False):
+        """Have the thread look at the queue soon, from any thread; force
+        it when it would otherwise look only at its next tick."""
+        if self._wake_pending and not force:
+            return
+        self._wake_pending = True
+        self._link.wake()
+
+    def serve(self, between_rounds):
+        """Serve the link until between_rounds(), asked after each round
+        of publishing, is true."""
+        parked_at = busy_at = time.monotonic()
+        while True:
+            if self._publish_waiting():
+                busy_at = time.monotonic()
+            if between_rounds():
+                return
+            self._link.process_events(self._poll_time(busy_at))
+            self._link.reopen_closed_channel()
+            if self._outbox.nack_retry_due():
+                self._link.replace_channels()
+                self._outbox.retry_nacked()
+            if self._outbox.parked and \
+                    time.monotonic() - parked_at > PARK_RETRY:
+                self._outbox.unpark()
+                parked_at = time.monotonic()
+
+    def _poll_time(self, busy_at):
+        """How long to wait in pika before looking at the queue again."""
+        if time.monotonic() - busy_at < QUIET:
+            self._wake_pending = True
+            return BATCH_TICK
+        self._wake_pending = False
+        if self._incoming.qsize():
+            return 0
+        return IDLE_POLL
+
+    def _publish_waiting(self):
+        """Publish what waits, in one write; True if there was anything."""
+        link, retry = self._link, self._outbox.retry
+        sent = 0
+        try:
+            while retry and link.can_publish():
+                link.send(retry.popleft())
+                sent += 1
+            while link.can_publish():
+                try:
+                    message = self._incoming.get_nowait()
+                except queue.Empty:
+                    break
+                link.send(message)
+                sent += 1
+        finally:
+            link.flush()
+        self._flow.release()
+        return sent > 0
+
+
+class Login:
+    """The password a publisher logs in with, and whether RabbitMQ still
+    takes it.
+
+    RabbitMQ does not close a connection whose password changed, so the
+    password is tried now and then beside the publisher, which the check
+    must not stall.  Only a salted digest is compared with the passwords
+    requests bring.
+    """
+
+    def __init__(self, settings, vhost, user, password):
+        self.settings = settings
+        self.vhost = vhost
+        self.user = user
+        self._salt = os.urandom(16)
+        self._check = None
+        self.rotate(password)
+
+    def matches(self, password):
+        return hmac.compare_digest(self._digest,
+                                   password_digest(self._salt, password))
+
+    def rotate(self, password):
+        """Log in with password from now on; RabbitMQ just took it."""
+        self.password = password
+        self._digest = password_digest(self._salt, password)
+        self._check_due = self._next_check()
+
+    def check_when_due(self, on_refused):
+        """Start a check if one is due; on_refused(error) is called from
+        the check's thread if RabbitMQ refuses the current password."""
+        if time.monotonic() < self._check_due or self._check is not None:
+            return
+        self._check = threading.Thread(
+            target=self._verify, args=(self.password, on_refused),
+            name='password-check-%s:%s' % (self.vhost, self.user),
+            daemon=True)
+        self._check.start()
+
+    def _verify(self, password, on_refused):
+        try:
+            verify_login(self.settings, self.vhost, self.user, password)
+        except (LoginRefused, AccessRefused) as error:
+            if password == self.password:
+                on_refused(error)
+        except PublishError:
+            pass
+        finally:
+            self._check_due = self._next_check()
+            self._check = None
+
+    def _next_check(self):
+        """Jittered, so that publishers started together do not check
+        together."""
+        return time.monotonic() + self.settings.password_check_interval * \
+            random.uniform(0.8, 1.2)
+
+
 class PublisherClosed(Exception):
     """The publisher went idle and closed; ask the registry for a new one."""
 
 
 class Publisher(threading.Thread):
-    """One vhost/user: a thread, its connection, and the messages it keeps."""
+    """One vhost/user: a thread that keeps a connection to RabbitMQ for as
+    long as RabbitMQ takes the login, and publishes what request threads
+    put in its queue.
+
+    Its parts: Login (the password), Link (the connection and channels),
+    Pump (the thread's work while connected), Outbox (what RabbitMQ has
+    not settled) and FlowControl (holding requests while the thread
+    lags).
+    """
 
     def __init__(self, settings, vhost, user, password, spool=None,
                  on_exit=None):
@@ -371,42 +1013,22 @@ class Publisher(threading.Thread):
         self.stats = statelessd_stats.ConnectionCounters()
         self.vhost = vhost
         self.user = user
-        self._password = password
-        self._salt = os.urandom(16)
-        self._digest = password_digest(self._salt, password)
+        self._login = Login(settings, vhost, user, password)
         self._spool = spool
         self._on_exit = on_exit
         self._queue = queue.Queue()
-        self._retry = collections.deque()
-        self._parked = []
-        self._outbox = collections.OrderedDict()
-        self._unsent = []
-        self._nack_held = []
-        self._nack_retry_at = None
-        self._nack_backoff = BACKOFF_FIRST
-        self._known_exchanges = {''}
-        self._connection = None
-        self._next_host = random.randrange(len(settings.hosts))
-        self.node = None
-        self.blocked_by = None
-        self._wire = None
-        self._batched = True
-        self._channel = None
-        self._channel_close_reason = ''
-        self._check_channel = None
-        self._next_tag = 1
-        self._wake_pending = False
+        self._flow = FlowControl(settings, self._in_flight)
+        self._outbox = Outbox(self.stats, spool, self._flow, vhost, user)
+        self._link = Link(settings, self.stats, self._outbox, vhost, user,
+                          self._answer_waiting)
+        self._pump = Pump(self._queue, self._link, self._outbox, self._flow)
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self._reconnect_now = threading.Event()
         self._attempted = threading.Event()
-        self._password_check_due = self._next_password_check()
-        self._password_check = None
         self._drain_deadline = 0.0
         self._closed = False
         self._closed_lock = threading.Lock()
-        self._caught_up = threading.Condition()
-        self._flow_waiters = 0
         self._last_used = time.monotonic()
         self.failure = None
         #: Why RabbitMQ now refuses this vhost/user, or None: its requests
@@ -429,38 +1051,37 @@ class Publisher(threading.Thread):
         return self._ready.is_set() and self.failure is None
 
     def password_matches(self, password):
-        return hmac.compare_digest(self._digest,
-                                   password_digest(self._salt, password))
+        return self._login.matches(password)
 
     def rotate_password(self, password):
         """Serve a password the broker has just accepted from now on, and
         log in with it at once if the last login was refused."""
-        self._password = password
-        self._digest = password_digest(self._salt, password)
-        self._password_check_due = self._next_password_check()
+        self._login.rotate(password)
         if self.refusal is not None:
             self.refusal = None
             self._reconnect_now.set()
 
+    def await_attempt(self, timeout):
+        """Wait until a lost connection's first reconnect has been tried:
+        between the two, a deleted user's requests would be taken as 204s
+        that no login will ever publish."""
+        self._attempted.wait(timeout)
+
     @property
     def pending(self):
-        return (self._queue.qsize() + len(self._outbox) + len(self._retry)
-                + len(self._parked) + len(self._nack_held))
+        return self._queue.qsize() + len(self._outbox)
 
     def report(self):
-        outbox = len(self._outbox)
-        report = self.stats.report(queue_size=self.pending - outbox,
-                                   outbox=outbox)
+        unconfirmed = self._outbox.unconfirmed
+        report = self.stats.report(queue_size=self.pending - unconfirmed,
+                                   outbox=unconfirmed)
+        link = self._link
         report.update({
-            'node': '%s:%s' % self.node if self.node else None,
-            'blocked': self.blocked_by is not None,
-            'blocked_by': self.blocked_by,
-            'publishing': BATCHED if self._batched else BASIC_PUBLISH})
+            'node': '%s:%s' % link.node if link.node else None,
+            'blocked': link.blocked_by is not None,
+            'blocked_by': link.blocked_by,
+            'publishing': BATCHED if link.batched else BASIC_PUBLISH})
         return report
-
-    def submit(self, message, confirm):
-        """Take a message, or raise QueueFull or PublisherClosed."""
-        self.submit_batch([message], confirm)
 
     def submit_batch(self, messages, confirm):
         """Take messages in their order, all or none, or raise QueueFull,
@@ -474,7 +1095,7 @@ class Publisher(threading.Thread):
         refused at once.  The messages enter the queue together, so that
         one write can carry them all.
         """
-        blocked_by = self.blocked_by
+        blocked_by = self._link.blocked_by
         if blocked_by is not None and any(self._waits(message, confirm)
                                           for message in messages):
             raise blocked_error(blocked_by)
@@ -485,9 +1106,9 @@ class Publisher(threading.Thread):
                                                  self.settings.max_queue_size))
         for message in messages:
             if self._waits(message, confirm):
-                message.done = threading.Event()
+                message.mark_awaited(confirm, self.settings.confirm_timeout)
             elif message.spool_id is None and self._spool is not None:
-                self._spool.add(self.vhost, self.user, self._password,
+                self._spool.add(self.vhost, self.user, self._login.password,
                                 message)
         with self._closed_lock:
             if self._closed:
@@ -495,83 +1116,28 @@ class Publisher(threading.Thread):
             self._last_used = time.monotonic()
             for message in messages:
                 self._queue.put(message)
-        self._wake()
-        self._keep_pace()
+        self._pump.wake()
+        self._flow.keep_pace(self._may_hold)
 
     def _waits(self, message, confirm):
         """Whether the message's request waits for its outcome; a spooled
         message's request was answered long ago."""
         return message.spool_id is None and (
-            confirm or message.exchange not in self._known_exchanges)
+            confirm or message.exchange not in self._link.known_exchanges)
 
-    def _keep_pace(self):
-        """Hold the request while this connected publisher lags behind.
-
-        Request threads take messages faster than one publisher thread can
-        publish them, and a busy broker confirms them later than they come;
-        left alone, waiting and unconfirmed messages fill max_queue_size
-        and the surplus is answered 503.  Waiting here gives the publisher
-        the GIL and the broker time, and turns overload into latency.  A
-        publisher that is not connected, or that RabbitMQ blocks, is not
-        waited for: its queue bound answers for it.  Held requests go on
-        oldest first, one for each message confirmed or sent (see
-        _release_waiters).
-        """
-        high_water = self._high_water()
-        if self._in_flight() < high_water or self.blocked_by is not None:
-            return
-        deadline = time.monotonic() + self.settings.confirm_timeout
-        with self._caught_up:
-            self._flow_waiters += 1
-            try:
-                while (self._in_flight() >= high_water
-                       and self.stats.connected
-                       and self.blocked_by is None
-                       and not self._stopping.is_set()
-                       and time.monotonic() < deadline):
-                    self._caught_up.wait(FLOW_CHECK)
-            finally:
-                self._flow_waiters -= 1
-
-    def _high_water(self):
-        return min(FLOW_HIGH_WATER, self.settings.max_queue_size // 2)
-
-    def _release_waiters(self):
-        """Let as many held requests go as there is room, oldest first.
-
-        Releasing them all at once when the backlog had halved made the
-        wait a lottery: a broker slow to confirm (a contended topic
-        exchange) left some requests waiting round after round.  Condition
-        waiters are woken in the order they began to wait.
-        """
-        if not self._flow_waiters:
-            return
-        room = self._high_water() - self._in_flight()
-        if room > 0:
-            with self._caught_up:
-                self._caught_up.notify(room)
+    def _may_hold(self):
+        return (self.stats.connected and self._link.blocked_by is None
+                and not self._stopping.is_set())
 
     def _in_flight(self):
-        return self._queue.qsize() + len(self._outbox)
+        return self._queue.qsize() + self._outbox.unconfirmed
 
     def stop(self, drain_timeout=0.0):
         """Ask the thread to finish; it flushes for up to drain_timeout."""
         self._drain_deadline = time.monotonic() + drain_timeout
         self._stopping.set()
         self._reconnect_now.set()
-        self._wake(force=True)
-
-    def _wake(self, force=False):
-        if self._wake_pending and not force:
-            return
-        self._wake_pending = True
-        connection = self._connection
-        if connection is None:
-            return
-        try:
-            connection.add_callback_threadsafe(_nothing)
-        except pika.exceptions.ConnectionWrongStateError:
-            pass
+        self._pump.wake(force=True)
 
     # -- the publisher thread ----------------------------------------------
 
@@ -590,15 +1156,12 @@ class Publisher(threading.Thread):
     def _run(self):
         backoff = BACKOFF_FIRST
         while not self._stopping.is_set():
-            password = self._password
+            password = self._login.password
             try:
-                self._connect(password)
+                self._link.connect(password)
             except PublishError as error:
-                if not self._ready.is_set():
-                    self.failure = error
-                    self._ready.set()
-                    return
-                if self._reconnect_failed(error, password):
+                if self._first_connection_failed(error) or \
+                        self._reconnect_failed(error, password):
                     return
                 backoff = self._back_off(backoff)
                 continue
@@ -606,10 +1169,9 @@ class Publisher(threading.Thread):
                 LOGGER.exception('%s:%s could not open a connection',
                                  self.vhost, self.user)
                 self._disconnect()
-                if not self._ready.is_set():
-                    self.failure = BrokerUnavailable(
-                        'statelessd could not open a connection to RabbitMQ')
-                    self._ready.set()
+                if self._first_connection_failed(BrokerUnavailable(
+                        'statelessd could not open a connection to '
+                        'RabbitMQ')):
                     return
                 self._attempted.set()
                 backoff = self._back_off(backoff)
@@ -620,6 +1182,15 @@ class Publisher(threading.Thread):
             served = self._serve_until_lost()
             self._disconnect()
             backoff = BACKOFF_FIRST if served else self._back_off(backoff)
+
+    def _first_connection_failed(self, error):
+        """A publisher that never connected ends with its first failure,
+        which wait_ready raises; True when it did."""
+        if self._ready.is_set():
+            return False
+        self.failure = error
+        self._ready.set()
+        return True
 
     def _back_off(self, backoff):
         """Wait before the next login, unless stop() or a new password
@@ -637,7 +1208,7 @@ class Publisher(threading.Thread):
         with the thread.
         """
         try:
-            self._serve()
+            self._pump.serve(self._between_rounds)
         except (pika.exceptions.AMQPError, OSError) as error:
             LOGGER.warning('%s:%s lost its connection: %r', self.vhost,
                            self.user, error)
@@ -658,7 +1229,7 @@ class Publisher(threading.Thread):
         A password rotated while the refused attempt was under way is
         tried at once instead: the refusal was of the old one.
         """
-        if password != self._password:
+        if password != self._login.password:
             self._reconnect_now.set()
             return False
         self._attempted.set()
@@ -682,225 +1253,64 @@ class Publisher(threading.Thread):
         return False
 
     def _retire_if_empty(self):
-        """Close to new messages, unless it holds some: atomic with submit,
-        so that nothing enters a publisher that is going away."""
+        """Close to new messages, unless it holds some: atomic with
+        submit_batch, so that nothing enters a publisher that is going
+        away."""
         with self._closed_lock:
             if self.pending:
                 return False
             self._closed = True
         return True
 
-    def await_attempt(self, timeout):
-        """Wait until a lost connection's first reconnect has been tried:
-        between the two, a deleted user's requests would be taken as 204s
-        that no login will ever publish."""
-        self._attempted.wait(timeout)
-
     def _settle_waiting(self, error):
         """Answer the requests that wait for an outcome with the refusal;
         keep the messages that were answered 204, in order."""
-        held = list(self._retry)
-        self._retry.clear()
+        queued = []
         while True:
             try:
-                held.append(self._queue.get_nowait())
+                queued.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        for message in held:
-            if message.accepted:
-                self._retry.append(message)
-            else:
-                self._finish(message, error)
+        self._outbox.settle_waiting(error, queued)
 
-    def _check_password_when_due(self):
-        """Ask RabbitMQ now and then whether it still takes the password:
-        it does not close a connection whose password changed.  The check
-        runs beside the publisher, which it must not stall."""
-        if time.monotonic() < self._password_check_due or \
-                self._password_check is not None:
-            return
-        self._password_check = threading.Thread(
-            target=self._check_password, args=(self._password,),
-            name='password-check-%s:%s' % (self.vhost, self.user),
-            daemon=True)
-        self._password_check.start()
-
-    def _check_password(self, password):
-        try:
-            verify_login(self.settings, self.vhost, self.user, password)
-        except (LoginRefused, AccessRefused) as error:
-            if password == self._password:
-                LOGGER.error('RabbitMQ no longer takes the password of '
-                             '%s:%s (%s): closing its connection',
-                             self.vhost, self.user, error.reason)
-                self.refusal = error
-                self._wake(force=True)
-        except PublishError:
-            pass
-        finally:
-            self._password_check_due = self._next_password_check()
-            self._password_check = None
-
-    def _next_password_check(self):
-        """Jittered, so that publishers started together do not check
-        together."""
-        return time.monotonic() + self.settings.password_check_interval * \
-            random.uniform(0.8, 1.2)
-
-    def _connect(self, password):
-        self._connection, self.node = open_connection(
-            self.settings, self.vhost, self.user, password,
-            self._next_host)
-        self._next_host = (self.settings.hosts.index(self.node) + 1) % len(
-            self.settings.hosts)
-        self.stats.connection_opened()
-        self._connection.add_on_connection_blocked_callback(self._on_blocked)
-        self._connection.add_on_connection_unblocked_callback(
-            self._on_unblocked)
-        self._open_check_channel()
-        self._open_channel()
-        self.stats.connected = True
-        LOGGER.info('Connected %s:%s to %s:%s', self.vhost, self.user,
-                    *self.node)
-
-    def _open_channel(self):
-        """Open the main channel for batched publishing, unless this pika
-        lacks what Wire needs: then every message goes through the check
-        channel."""
-        self._next_tag = 1
-        self._requeue_outbox()
-        if not self._batched:
-            return
-        channel = self._connection.channel()
-        self.stats.channel_opened()
-        try:
-            wire = Wire(self._connection, channel)
-        except AttributeError as error:
-            self._publish_publicly(error)
-            channel.close()
-            return
-        wire.select_confirms(self._connection, self._on_confirm,
-                             self._on_return, self._on_channel_closed)
-        self._channel, self._wire = channel, wire
-
-    def _publish_publicly(self, error):
-        """Fall back to pika's public basic_publish for good; said once per
-        process, since every publisher meets the same pika."""
-        global _PUBLIC_FALLBACK_LOGGED
-        self._batched = False
-        if not _PUBLIC_FALLBACK_LOGGED:
-            _PUBLIC_FALLBACK_LOGGED = True
-            LOGGER.warning('pika %s lacks what batched publishing needs (%s);'
-                           ' publishing with basic_publish, one confirmed '
-                           'message at a time', pika.__version__, error)
-
-    def _open_check_channel(self):
-        channel = self._connection.channel()
-        channel.confirm_delivery()
-        self.stats.channel_opened()
-        self._check_channel = channel
-
-    def _on_channel_closed(self, _channel, reason):
-        self._channel_close_reason = getattr(reason, 'reply_text', '') \
-            or str(reason)
-
-    def _on_blocked(self, _connection, frame):
-        """RabbitMQ raised a memory or disk alarm and stops reading what
-        this connection publishes.  The connection stays open, as RabbitMQ
-        asks: messages answered 204 wait here, and requests waiting for an
-        outcome are answered now rather than at their timeout."""
-        self.blocked_by = getattr(frame.method, 'reason', '') or 'an alarm'
-        LOGGER.warning('%s:%s blocked by RabbitMQ: %s', self.vhost,
-                       self.user, self.blocked_by)
-        error = blocked_error(self.blocked_by)
-        for message in self._held_messages():
-            if not message.accepted:
-                message.abandoned = True
-                message.settle(error)
-
-    def _on_unblocked(self, _connection, _frame):
-        LOGGER.warning('%s:%s unblocked by RabbitMQ', self.vhost, self.user)
-        self.blocked_by = None
-
-    def _held_messages(self):
+    def _answer_waiting(self, error):
+        """RabbitMQ blocks publishing: requests waiting for an outcome are
+        answered with error now (see Link._on_blocked)."""
         with self._queue.mutex:
-            waiting = list(self._queue.queue)
-        return (list(self._outbox.values()) + list(self._retry) + waiting
-                + self._nack_held)
+            queued = list(self._queue.queue)
+        for message in self._outbox.held_messages() + queued:
+            if not message.accepted:
+                message.abandon(error)
+
+    def _password_refused(self, error):
+        LOGGER.error('RabbitMQ no longer takes the password of %s:%s (%s): '
+                     'closing its connection', self.vhost, self.user,
+                     error.reason)
+        self.refusal = error
+        self._pump.wake(force=True)
 
     def _disconnect(self):
         self._attempted.clear()
-        self.stats.connected = False
-        self.blocked_by = None
-        self._unsent.clear()
-        self._requeue_outbox()
-        self._retry.extendleft(reversed(self._nack_held))
-        self._nack_held.clear()
-        self._nack_retry_at = None
-        connection, self._connection = self._connection, None
-        self._channel = self._check_channel = self._wire = None
-        self.node = None
-        if connection is None:
-            return
-        try:
-            if connection.is_open:
-                connection.close()
-        except Exception:
-            LOGGER.debug('%s:%s closing a failed connection', self.vhost,
-                         self.user, exc_info=True)
-        self.stats.connection_closed()
+        self._outbox.take_back()
+        self._link.disconnect()
 
-    def _requeue_outbox(self):
-        """Put every unconfirmed message at the front, in publish order."""
-        if self._outbox:
-            self.stats.republished += len(self._outbox)
-            self._retry.extendleft(reversed(self._outbox.values()))
-            self._outbox.clear()
-
-    def _serve(self):
-        parked_at = busy_at = time.monotonic()
-        while True:
-            if self._publish_waiting():
-                busy_at = time.monotonic()
-            if self._stopping.is_set() and self._drained():
-                return
-            if self._idle():
-                LOGGER.info('%s:%s idle for %ss, closing', self.vhost,
-                            self.user, self.settings.idle_timeout)
-                return
-            if self.refusal is not None:
-                return
-            self._check_password_when_due()
-            self._connection.process_data_events(
-                time_limit=self._poll_time(busy_at))
-            if self._channel is not None and self._channel.is_closed:
-                self._reopen_channel()
-            if self._nack_retry_at is not None and \
-                    time.monotonic() >= self._nack_retry_at:
-                self._retry_nacked()
-            if self._parked and time.monotonic() - parked_at > PARK_RETRY:
-                self._retry.extend(self._parked)
-                self._parked.clear()
-                parked_at = time.monotonic()
-
-    def _poll_time(self, busy_at):
-        """How long to wait in pika before looking at the queue again.
-
-        While messages flow, the thread looks every BATCH_TICK without
-        being woken: a wake per message costs a GIL hand-over each, and a
-        tick gathers the messages of many requests into one batch.  Once
-        quiet for QUIET seconds it asks to be woken and sleeps.
-        """
-        if time.monotonic() - busy_at < QUIET:
-            self._wake_pending = True
-            return BATCH_TICK
-        self._wake_pending = False
-        if self._queue.qsize():
-            return 0
-        return IDLE_POLL
+    def _between_rounds(self):
+        """The publisher's own business between two rounds of serving;
+        True to close the connection: stopped and drained, idle, or
+        refused."""
+        if self._stopping.is_set() and self._drained():
+            return True
+        if self._idle():
+            LOGGER.info('%s:%s idle for %ss, closing', self.vhost,
+                        self.user, self.settings.idle_timeout)
+            return True
+        if self.refusal is not None:
+            return True
+        self._login.check_when_due(self._password_refused)
+        return False
 
     def _drained(self):
-        if not (self.pending - len(self._parked)):
+        if not (self.pending - len(self._outbox.parked)):
             return True
         return time.monotonic() >= self._drain_deadline
 
@@ -911,203 +1321,6 @@ class Publisher(threading.Thread):
             return False
         self._stopping.set()
         return True
-
-    def _reopen_channel(self):
-        reason = self._channel_close_reason
-        LOGGER.warning('%s:%s channel closed: %s', self.vhost, self.user,
-                       reason)
-        self.stats.channel_closed()
-        self._known_exchanges.discard(refused_exchange(reason))
-        self._open_channel()
-
-    def _publish_waiting(self):
-        """Publish what waits, in one write; True if there was anything."""
-        sent = 0
-        try:
-            while self._retry and self._can_publish():
-                self._send(self._retry.popleft())
-                sent += 1
-            while self._can_publish():
-                try:
-                    message = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                self._send(message)
-                sent += 1
-        finally:
-            self._write_unsent()
-        self._release_waiters()
-        return sent > 0
-
-    def _can_publish(self):
-        """While RabbitMQ blocks the connection, messages wait here."""
-        if self.blocked_by is not None:
-            return False
-        return self._channel is None or self._channel.is_open
-
-    def _send(self, message):
-        """Publish one message; it is in the outbox before any frame of it
-        is made, so a failure from here on leaves it to be republished."""
-        if message.abandoned:
-            self._finish(message, ConfirmTimeout('abandoned by its request'))
-            return
-        if self._wire is None or message.exchange not in self._known_exchanges:
-            self._write_unsent()
-            self._probe(message)
-            return
-        self._outbox[self._next_tag] = message
-        self._next_tag += 1
-        self.stats.publishes += 1
-        self._unsent.extend(self._wire.frames(message))
-
-    def _write_unsent(self):
-        """Hand the batch's frames to pika as one buffer.  Messages whose
-        frames never leave stay in the outbox and are published again."""
-        if self._unsent:
-            data = b''.join(self._unsent)
-            self._unsent.clear()
-            self._wire.write(data)
-
-    def _probe(self, message):
-        """Publish synchronously on the check channel to learn the exchange.
-
-        The message itself is the probe: on ack it is delivered and the
-        exchange is known for this publisher from then on.  Without the
-        batched path every message goes this way.
-        """
-        try:
-            self._check_channel.basic_publish(
-                message.exchange, message.routing_key, message.body,
-                message.properties, mandatory=message.mandatory)
-        except pika.exceptions.UnroutableError:
-            self._known_exchanges.add(message.exchange)
-            self.stats.publishes += 1
-            self._finish_returned(message)
-        except pika.exceptions.NackError:
-            self.stats.publishes += 1
-            self._nacked(message)
-        except pika.exceptions.ChannelClosedByBroker as error:
-            self.stats.channel_closed()
-            self._open_check_channel()
-            self._exchange_refused(message, error)
-        except Exception:
-            self._retry.appendleft(message)
-            raise
-        else:
-            self._known_exchanges.add(message.exchange)
-            self.stats.publishes += 1
-            self.stats.confirmed += 1
-            self._finish(message)
-
-    def _exchange_refused(self, message, error):
-        if error.reply_code == 404:
-            failure = ExchangeNotFound('exchange %r does not exist in vhost %r'
-                                       % (message.exchange, self.vhost))
-        else:
-            failure = ExchangeRefused('user %r may not publish to exchange %r'
-                                      ' in vhost %r' % (self.user,
-                                                        message.exchange,
-                                                        self.vhost))
-        if message.accepted:
-            LOGGER.warning('Holding a message for %r: %s', message.exchange,
-                           failure.reason)
-            self._parked.append(message)
-        else:
-            self._finish(message, failure)
-
-    def _on_confirm(self, frame):
-        method = frame.method
-        acked = isinstance(method, pika.spec.Basic.Ack)
-        if acked:
-            self._nack_backoff = BACKOFF_FIRST
-        for message in self._confirmed_messages(method.delivery_tag,
-                                                method.multiple):
-            if not acked:
-                self._nacked(message)
-            elif message.returned:
-                self._finish_returned(message)
-            else:
-                self.stats.confirmed += 1
-                self._finish(message)
-        self._release_waiters()
-
-    def _confirmed_messages(self, tag, multiple):
-        """Pop what an ack or nack covers; the outbox is in tag order."""
-        if not multiple:
-            message = self._outbox.pop(tag, None)
-            return [message] if message is not None else []
-        messages = []
-        while self._outbox and next(iter(self._outbox)) <= tag:
-            messages.append(self._outbox.popitem(last=False)[1])
-        return messages
-
-    def _nacked(self, message):
-        """A nack is no reason to drop a message answered 204: it waits and
-        goes out again on a fresh channel, with backoff, for as long as
-        statelessd runs.  A request waiting for the outcome gets its 503
-        after NACK_RETRIES attempts."""
-        self.stats.nacked += 1
-        message.nacks += 1
-        if not message.accepted and message.nacks >= NACK_RETRIES:
-            LOGGER.error('RabbitMQ nacked message_id=%r for %r/%r %d times',
-                         message.properties.message_id, message.exchange,
-                         message.routing_key, message.nacks)
-            self._finish(message, Nacked('RabbitMQ nacked the message %d '
-                                         'times' % message.nacks))
-            return
-        self._nack_held.append(message)
-        if self._nack_retry_at is None:
-            delay = self._nack_backoff * random.uniform(0.5, 1.5)
-            self._nack_backoff = min(self._nack_backoff * 2, BACKOFF_MAX)
-            self._nack_retry_at = time.monotonic() + delay
-            LOGGER.warning('%s:%s RabbitMQ nacked message_id=%r for %r/%r; '
-                           'publishing it again on fresh channels in %.1fs',
-                           self.vhost, self.user,
-                           message.properties.message_id, message.exchange,
-                           message.routing_key, delay)
-
-    def _retry_nacked(self):
-        """Replace both channels, then publish the nacked messages first.
-
-        RabbitMQ can nack every publish on a channel opened just after a
-        quorum queue's leader died; a channel opened later works.
-        Unconfirmed messages of the old channel are published again.
-        """
-        self._nack_retry_at = None
-        for channel in (self._channel, self._check_channel):
-            if channel is not None and channel.is_open:
-                channel.close()
-                self.stats.channel_closed()
-        self._open_check_channel()
-        self._open_channel()
-        self._retry.extendleft(reversed(self._nack_held))
-        self._nack_held.clear()
-
-    def _on_return(self, _channel, method, _properties, body):
-        for message in self._outbox.values():
-            if (message.mandatory and not message.returned
-                    and message.exchange == method.exchange
-                    and message.routing_key == method.routing_key
-                    and message.body == body):
-                message.returned = True
-                return
-
-    def _finish_returned(self, message):
-        self.stats.returned += 1
-        reason = ('no queue is bound to exchange %r with routing key %r'
-                  % (message.exchange, message.routing_key))
-        if message.accepted:
-            LOGGER.warning('Returned unroutable message_id=%r: %s',
-                           message.properties.message_id, reason)
-            self._finish(message)
-        else:
-            self._finish(message, Unroutable(reason))
-
-    def _finish(self, message, error=None):
-        """The broker's word is in: tell the request, retire the spool entry."""
-        message.settle(error)
-        if message.spool_id is not None:
-            self._spool.retire(message.spool_id)
 
     def _report_leftovers(self):
         left = self.pending

@@ -1443,6 +1443,7 @@ class HTTPProtocol(http.server.BaseHTTPRequestHandler):
         self.record(method, self.status or 500)
 
     def route(self, method):
+        """Answer the request; what a request means is the subclass's."""
         raise NotImplementedError
 
     def record(self, method, status):
@@ -1558,7 +1559,8 @@ class HTTPProtocol(http.server.BaseHTTPRequestHandler):
             self.worker.watchdog.linger(self.connection)
 
     def client_ip(self):
-        """The client's address for access checks (see client_ip)."""
+        """The client's address for access checks; None when a trusted
+        proxy names none."""
         return client_ip(self.client_address[0], self.headers,
                          self.worker.config)
 
@@ -2245,8 +2247,8 @@ class Server(http.server.ThreadingHTTPServer):
         HTTPServer.max_connections are being served, answer 503 at once.
 
         A thread that served a connection waits THREAD_IDLE seconds for the
-        next one before it ends: starting a thread per connection was most
-        of the cost of clients that connect for every request, as PHP does.
+        next one before it ends, so that clients that connect for every
+        request, as PHP does, do not each pay for starting a thread.
         """
         if not self.worker.connection_slots.acquire(blocking=False):
             self.refuse(request)

@@ -1306,12 +1306,6 @@ ERROR_STATUS = {
 }
 
 
-def require_post(method):
-    if method != 'POST':
-        raise HTTPError(405, 'a publish path accepts POST only',
-                        {'Allow': 'POST'})
-
-
 def unrouted(error):
     """A mandatory message returned as unroutable: the management API
     answers it {"routed": false}, not as a failure."""
@@ -1407,7 +1401,7 @@ class Worker:
                 document = sibling_stats(self.config.loopback, port)
             except (OSError, ValueError, http.client.HTTPException) as error:
                 return {'port': port, 'up': False,
-                        'error': sibling_failure(error)}
+                        'error': failure_reason(error)}
         document['up'] = True
         return document
 
@@ -1447,7 +1441,7 @@ def sibling_stats(address, port):
     return json.loads(body)
 
 
-def sibling_failure(error):
+def failure_reason(error):
     if isinstance(error, socket.timeout):
         return 'no answer within %ss' % SIBLING_TIMEOUT
     return getattr(error, 'strerror', None) or str(error) or \
@@ -1463,28 +1457,21 @@ def broker_unreachable(hosts):
             return None
         except OSError as error:
             failures.append('%s:%d %s' % (host, port,
-                                          sibling_failure(error)))
+                                          failure_reason(error)))
     return 'no RabbitMQ node answers: %s' % '; '.join(failures)
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    """Routes the pages in PAGES, /static/ and /<vhost>/<exchange>/<key>."""
-
-    #: Paths answered to GET and HEAD, and the method that answers each.
-    PAGES = {'/': 'send_dashboard', '/stats': 'send_stats',
-             '/stats/all': 'send_all_stats', '/metrics': 'send_metrics',
-             '/health': 'send_health'}
-    #: The pages HTTPServer.stats_allow guards: they name every vhost/user
-    #: publishing through the worker.  /health says only up or down, and
-    #: which RabbitMQ nodes the worker is connected to.
-    STATS_PAGES = ('/', '/stats', '/stats/all', '/metrics')
+class HTTPProtocol(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 as RFC 9112 frames it: the request line, headers and body
+    within the configured limits and deadlines, and responses that say
+    when the connection closes.  Knows no URL: a subclass answers each
+    request in route(method)."""
 
     server_version = 'statelessd/' + __version__
     protocol_version = 'HTTP/1.1'
     # The stdlib's default, HTTP/0.9, would answer an unparseable request
     # line with a bare body, no status line.
     default_request_version = 'HTTP/1.0'
-    error_content_type = 'application/json'
 
     def setup(self):
         """The socket stays blocking, without a timeout: a timeout makes
@@ -1518,7 +1505,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def parse_request(self):
         """Parse the request line and headers, as the stdlib does, without
-        its email parser (a fifth of a request's time) and within
+        its email parser, which is slow, and within
         HTTPServer.max_header_size and max_header_count."""
         self.command = None
         self.request_version = self.default_request_version
@@ -1530,7 +1517,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         words = self.requestline.split(' ')
         if len(words) != 3 or has_request_line_controls(self.requestline):
             self.send_error(400, 'bad request line %r'
-                            % printable(self.requestline[:100]))
+                            % escape_controls(self.requestline[:100]))
             return False
         command, path, version = words
         self.command, self.request_version = command, version
@@ -1538,16 +1525,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 version[5:] not in ('1.0', '1.1'):
             self.send_error(505 if version[5:6].isdigit() else 400,
                             'HTTP version %r is not supported'
-                            % printable(version[:20]))
+                            % escape_controls(version[:20]))
             return False
         self.path = '/' + path.lstrip('/') if path.startswith('//') else path
         try:
             self.headers = self.read_headers()
-        except HTTPError as error:
-            self.send_error(error.status, error.reason)
-            return False
-        try:
-            self.framing = self.body_framing()
+            self.framing = body_framing(self.headers, version)
         except HTTPError as error:
             self.send_error(error.status, error.reason)
             return False
@@ -1575,7 +1558,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if not colon or not is_token(name) or \
                     has_field_control_characters(value):
                 raise HTTPError(400, 'malformed header line %r'
-                                % printable(line[:60]))
+                                % escape_controls(line[:60]))
             headers.add(name, value.strip(' \t'))
         return headers
 
@@ -1641,6 +1624,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.dispatch('OPTIONS')
 
     def dispatch(self, method):
+        """Answer the request through route(method); whatever escapes it is
+        answered here, as JSON."""
         if self.worker.stopping:
             self.close_connection = True
         self.worker.in_flight.add(self)
@@ -1654,230 +1639,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         except Exception:
             LOGGER.exception('Unexpected error handling %s %s', method,
-                             printable(self.path.split('?')[0][:200]))
+                             escape_controls(self.path.split('?')[0][:200]))
             self.send_json_error(HTTPError(500, 'statelessd failed to handle '
                                            'the request; see its log'))
         finally:
             self.worker.in_flight.discard(self)
         self.record(method, self.status or 500)
 
+    def route(self, method):
+        """Answer the request; what a request means is the subclass's."""
+        raise NotImplementedError
+
     def record(self, method, status):
         self.worker.requests.record(method or 'UNKNOWN', status,
                                     time.monotonic() - self.started,
                                     self.published)
-
-    def route(self, method):
-        path, _, query = self.path.partition('?')
-        if path in self.PAGES:
-            if method not in ('GET', 'HEAD'):
-                raise HTTPError(405, '%s accepts GET' % path,
-                                {'Allow': 'GET, HEAD'})
-            if path in self.STATS_PAGES:
-                self.check_stats_access()
-            getattr(self, self.PAGES[path])()
-            return
-        if method in ('GET', 'HEAD') and path.startswith('/static/') \
-                and self.worker.config.static:
-            self.send_static(path[len('/static/'):])
-            return
-        target = api_target(path)
-        if target is not None:
-            require_post(method)
-            self.publish_api(target)
-            return
-        target = publish_target(path)
-        if target is None:
-            raise HTTPError(404, 'no such resource: publish to '
-                            '/<vhost>/<exchange>/<routing_key> or '
-                            '/api/exchanges/<vhost>/<exchange>/publish')
-        require_post(method)
-        self.publish(target, query)
-
-    def send_dashboard(self):
-        self.send_body(200, 'text/html; charset=utf-8', self.worker.dashboard)
-
-    def send_stats(self):
-        self.send_json(200, self.worker.stats())
-
-    def send_all_stats(self):
-        documents = self.worker.all_stats()
-        self.send_json(200, statelessd_stats.all_document(self.worker.host,
-                                                          documents))
-
-    def send_metrics(self):
-        text = statelessd_stats.prometheus_text(self.worker.all_stats())
-        self.send_body(200, statelessd_stats.PROMETHEUS_CONTENT_TYPE,
-                       text.encode('utf-8'))
-
-    def send_health(self):
-        """200 while this worker can publish, 503 (one JSON line) if not;
-        either names the RabbitMQ nodes the worker is connected to."""
-        problem, nodes = self.worker.health()
-        if problem is None:
-            self.send_json(200, {'status': 'ok', 'port': self.worker.port,
-                                 'nodes': nodes})
-        else:
-            self.send_json(503, {'status': 'unavailable',
-                                 'port': self.worker.port,
-                                 'reason': problem, 'nodes': nodes},
-                           {'Retry-After': str(RETRY_AFTER)})
-
-    def send_static(self, name):
-        """A file below Application.paths.static, never one outside it."""
-        root = os.path.realpath(self.worker.config.static)
-        relative = decode_segment(name, 'file name')
-        path = None if has_unloggable_characters(relative) else \
-            os.path.realpath(os.path.join(root, relative))
-        if path is None or not path.startswith(root + os.sep) or \
-                not os.path.isfile(path):
-            raise HTTPError(404, 'no such static file: %s' % printable(name))
-        with open(path, 'rb') as handle:
-            body = handle.read()
-        content_type = mimetypes.guess_type(path)[0] or \
-            'application/octet-stream'
-        self.send_body(200, content_type, body)
-
-    def send_json(self, status, document, headers=None):
-        self.send_body(status, 'application/json',
-                       json.dumps(document).encode() + b'\n', headers)
-
-    def publish(self, target, query):
-        """The original's form API; a body that is not a form is published
-        as it is, and messages[i][...] fields make a batch."""
-        vhost, exchange, routing_key = target
-        user, password = basic_credentials(self.headers.get('Authorization'))
-        flags = urllib.parse.parse_qs(query) if query else {}
-        confirm = query_flag(flags, 'confirm', self.worker.config.confirm)
-        mandatory = query_flag(flags, 'mandatory', False)
-        content_type = self.headers.get('Content-Type')
-        body = self.read_body()
-        pairs = form_fields(content_type, body)
-        if pairs is None:
-            message = raw_message(exchange, routing_key, body, content_type,
-                                  query, user, mandatory)
-        elif is_form_batch(pairs):
-            messages = batch_messages(
-                form_batch(pairs, self.worker.config.max_batch_size),
-                lambda fields: batch_form_message(exchange, routing_key,
-                                                  fields, user, mandatory))
-            self.publish_form_batch(vhost, user, password, messages, confirm)
-            return
-        else:
-            fields, headers = message_fields(pairs)
-            message = form_message(exchange, routing_key, fields, headers,
-                                   user, mandatory)
-        try:
-            self.worker.registry.publish(vhost, user, password, message,
-                                         confirm)
-            self.published = 1
-            self.await_outcome(message, confirm)
-        except statelessd_amqp.PublishError as error:
-            raise publish_error(error) from None
-        self.send_body(204)
-
-    def publish_form_batch(self, vhost, user, password, messages, confirm):
-        """200 {"published": N}, with a result per message in confirm mode;
-        else the first failure's status and every message's result."""
-        errors = self.publish_all(vhost, user, password, messages, confirm)
-        results = [{'status': 204} if error is None else failure(error)
-                   for error in errors]
-        answer = {'published': errors.count(None), 'results': results}
-        self.send_batch_answer(errors, answer if confirm else
-                               {'published': answer['published']}, answer)
-
-    def publish_api(self, target):
-        """The management API's publish: mandatory, confirmed, answered
-        {"routed": ...}; a JSON array is a batch."""
-        vhost, exchange = target
-        user, password = basic_credentials(self.headers.get('Authorization'))
-        document = json_document(self.read_body())
-        if isinstance(document, dict):
-            error = self.publish_all(vhost, user, password,
-                                     [api_message(exchange, document, user)],
-                                     True)[0]
-            if error is not None and not unrouted(error):
-                raise publish_error(error)
-            self.send_json(200, {'routed': error is None})
-            return
-        if len(document) > self.worker.config.max_batch_size:
-            raise batch_too_large(len(document),
-                                  self.worker.config.max_batch_size)
-        messages = batch_messages(
-            document, lambda item: api_message(exchange, item, user))
-        errors = self.publish_all(vhost, user, password, messages, True)
-        failures = [None if unrouted(error) else error for error in errors]
-        results = [{'routed': error is None} if problem is None
-                   else failure(problem)
-                   for error, problem in zip(errors, failures)]
-        self.send_batch_answer(failures, results, {'results': results})
-
-    def publish_all(self, vhost, user, password, messages, confirm):
-        """Publish messages in their order on one publisher; the outcome of
-        each, None or its PublishError."""
-        try:
-            self.worker.registry.publish_batch(vhost, user, password,
-                                               messages, confirm)
-        except statelessd_amqp.PublishError as error:
-            raise publish_error(error) from None
-        self.published = len(messages)
-        deadline = time.monotonic() + self.worker.config.confirm_timeout
-        return [self.outcome(message, confirm, deadline)
-                for message in messages]
-
-    def send_batch_answer(self, errors, answer, details):
-        """200 with answer when every message went, else the first failure's
-        status, its error document holding details (every message's result):
-        a batch is not a transaction, and a client retries exactly the
-        failed ones."""
-        for index, error in enumerate(errors):
-            if error is not None:
-                problem = publish_error(error)
-                problem.reason = 'messages[%d]: %s' % (index, problem.reason)
-                problem.details = details
-                raise problem
-        self.send_json(200, answer)
-
-    def await_outcome(self, message, confirm):
-        error = self.outcome(message, confirm, time.monotonic() +
-                             self.worker.config.confirm_timeout)
-        if error is not None:
-            raise error
-
-    def outcome(self, message, confirm, deadline):
-        """None once the message is taken (confirmed, in confirm mode), or
-        its PublishError; waits until deadline at most."""
-        return message.outcome(deadline)
-
-    def body_framing(self):
-        """How the request's body is delimited (RFC 9112 section 6): its
-        length, or None for chunked.  Anything a proxy in front could read
-        differently is refused with 400, which closes the connection."""
-        codings = self.headers.get_all('Transfer-Encoding')
-        lengths = self.headers.get_all('Content-Length')
-        if codings is not None:
-            if self.request_version == 'HTTP/1.0':
-                raise HTTPError(400, 'Transfer-Encoding is not allowed in an '
-                                'HTTP/1.0 request')
-            if lengths is not None:
-                raise HTTPError(400, 'the request has both Transfer-Encoding '
-                                'and Content-Length')
-            coding = ','.join(codings)
-            if coding.strip(' \t').lower() != 'chunked':
-                raise HTTPError(400, 'Transfer-Encoding %r is not supported: '
-                                'send chunked or a Content-Length'
-                                % coding[:40])
-            return None
-        if lengths is None:
-            return 0
-        distinct = set(lengths)
-        if len(distinct) != 1:
-            raise HTTPError(400, 'the request has conflicting '
-                            'Content-Length headers')
-        length = distinct.pop()
-        if not is_digits(length):
-            raise HTTPError(400, 'Content-Length %r is not a number'
-                            % length[:20])
-        return int(length)
 
     def body_length(self):
         """The Content-Length, None for a chunked body; 413 (before any of
@@ -1892,59 +1668,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         """The request body, within HTTPServer.max_body_size and
         request_timeout."""
         length = self.body_length()
-        if length is None:
-            body = self.read_chunked(self.worker.config.max_body_size)
-        else:
-            body = self.rfile.read(length)
-            if len(body) != length:
-                raise self.incomplete('the body ended after %d of %d bytes'
-                                      % (len(body), length))
+        config = self.worker.config
+        try:
+            if length is None:
+                body = read_chunked(self.rfile, config.max_body_size,
+                                    config.max_header_size)
+            else:
+                body = read_exactly(self.rfile, length)
+        except Truncated as truncated:
+            raise self.incomplete(str(truncated)) from None
         self.unread_body = False
         self.watch.until(None)
         return body
-
-    def read_chunked(self, limit):
-        chunks, size = [], 0
-        while True:
-            line = self.rfile.readline(1024)
-            if not line.endswith(b'\n'):
-                raise self.incomplete('a chunk size line is truncated')
-            match = CHUNK_SIZE_LINE.match(line)
-            if match is None:
-                raise HTTPError(400, 'a chunk size is malformed: %r'
-                                % printable(line[:40].decode('latin-1')))
-            length = int(match.group(1), 16)
-            size += length
-            if size > limit:
-                raise HTTPError(413, 'the body exceeds the limit of %d bytes'
-                                % limit)
-            if not length:
-                self.skip_trailers()
-                return b''.join(chunks)
-            chunk = self.rfile.read(length)
-            if len(chunk) != length or self.rfile.readline(3) != b'\r\n':
-                raise self.incomplete('a chunk is truncated')
-            chunks.append(chunk)
-
-    def skip_trailers(self):
-        size = 0
-        while True:
-            line = self.rfile.readline(1024)
-            size += len(line)
-            if not line.endswith(b'\n'):
-                raise self.incomplete('the chunked body is truncated')
-            if not line.endswith(b'\r\n'):
-                raise HTTPError(400, 'a trailer line does not end in CRLF')
-            if line == b'\r\n':
-                return
-            name, colon, value = line[:-2].decode('iso-8859-1').partition(':')
-            if not colon or not is_token(name) or \
-                    has_field_control_characters(value):
-                raise HTTPError(400, 'malformed trailer line %r'
-                                % printable(line[:60].decode('iso-8859-1')))
-            if size > self.worker.config.max_header_size:
-                raise HTTPError(431, 'the trailers exceed %d bytes'
-                                % self.worker.config.max_header_size)
 
     def incomplete(self, reason):
         """408 when request_timeout cut the request short, else 400."""
@@ -2027,57 +1762,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.linger:
             self.worker.watchdog.linger(self.connection)
 
-    def check_stats_access(self):
-        """HTTPServer.stats_allow decides who may read the figures."""
-        address = self.client_ip()
-        if address is None:
-            raise HTTPError(403, 'statistics are not served when the proxy '
-                            'does not name one client address')
-        if not in_networks(address, self.worker.config.stats_allow):
-            raise HTTPError(403, 'statistics are not served to %s' % address)
-
     def client_ip(self):
         """The client's address for access checks; None when a trusted
-        proxy's X-Real-IP is not one valid address.
-
-        Only with xheaders on and only from a trusted proxy does X-Real-IP
-        count, as one line: any client can send the header, and the proxy
-        must replace it.  X-Forwarded-For never counts here: a proxy that
-        passes on the client's own would let it name any address.
-        """
-        peer = ip_address(self.client_address[0])
-        if not self.from_trusted_proxy(peer):
-            return peer
-        real = self.headers.get_all('X-Real-IP')
-        if real is None:
-            return peer
-        return forwarded_ip(real[0]) if len(real) == 1 else None
-
-    def from_trusted_proxy(self, peer):
-        config = self.worker.config
-        return config.xheaders and in_networks(peer, config.trusted_proxies)
+        proxy names none."""
+        return client_ip(self.client_address[0], self.headers,
+                         self.worker.config)
 
     def address_string(self):
-        """The client for the log: an address a trusted proxy names, once it
-        parsed as one, else the peer's.  Without X-Real-IP, X-Forwarded-For
-        is read from the right, where proxies append what they saw, to the
-        first hop that is not itself a trusted proxy."""
-        if not self.worker.config.xheaders:
-            return self.client_address[0]
-        address = self.client_ip()
-        if address is not None and 'X-Real-IP' not in self.headers and \
-                self.from_trusted_proxy(address):
-            address = self.forwarded_for(address)
-        return str(address or self.client_address[0])
-
-    def forwarded_for(self, peer):
-        address = peer
-        hops = ','.join(self.headers.get_all('X-Forwarded-For', []))
-        for hop in reversed(hops.split(',') if hops else []):
-            address = forwarded_ip(hop)
-            if address is None or not self.from_trusted_proxy(address):
-                return address
-        return address
+        return logged_address(self.client_address[0], self.headers,
+                              self.worker.config)
 
     def log_message(self, format, *args):
         LOGGER.debug('%s %s', self.address_string(), format % args)
@@ -2085,8 +1778,425 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_request(self, code='-', size='-'):
         if LOGGER.isEnabledFor(logging.INFO):
             LOGGER.info('%s "%s" %s %.1fms', self.address_string(),
-                        printable(self.requestline[:1000]), code,
+                        escape_controls(self.requestline[:1000]), code,
                         (time.monotonic() - self.started) * 1000)
+
+
+class Truncated(Exception):
+    """A request body that ended before its framing said it would."""
+
+
+def body_framing(headers, version):
+    """How a request's body is delimited (RFC 9112 section 6): its
+    length, or None for chunked.  Anything a proxy in front could read
+    differently is refused with 400, which closes the connection."""
+    codings = headers.get_all('Transfer-Encoding')
+    lengths = headers.get_all('Content-Length')
+    if codings is not None:
+        if version == 'HTTP/1.0':
+            raise HTTPError(400, 'Transfer-Encoding is not allowed in an '
+                            'HTTP/1.0 request')
+        if lengths is not None:
+            raise HTTPError(400, 'the request has both Transfer-Encoding '
+                            'and Content-Length')
+        coding = ','.join(codings)
+        if coding.strip(' \t').lower() != 'chunked':
+            raise HTTPError(400, 'Transfer-Encoding %r is not supported: '
+                            'send chunked or a Content-Length'
+                            % coding[:40])
+        return None
+    if lengths is None:
+        return 0
+    distinct = set(lengths)
+    if len(distinct) != 1:
+        raise HTTPError(400, 'the request has conflicting '
+                        'Content-Length headers')
+    length = distinct.pop()
+    if not is_digits(length):
+        raise HTTPError(400, 'Content-Length %r is not a number'
+                        % length[:20])
+    return int(length)
+
+
+def read_exactly(rfile, length):
+    body = rfile.read(length)
+    if len(body) != length:
+        raise Truncated('the body ended after %d of %d bytes'
+                        % (len(body), length))
+    return body
+
+
+def read_chunked(rfile, limit, trailer_limit):
+    """A chunked body of at most limit bytes, its trailers (at most
+    trailer_limit bytes) checked and dropped."""
+    chunks, size = [], 0
+    while True:
+        line = rfile.readline(1024)
+        if not line.endswith(b'\n'):
+            raise Truncated('a chunk size line is truncated')
+        match = CHUNK_SIZE_LINE.match(line)
+        if match is None:
+            raise HTTPError(400, 'a chunk size is malformed: %r'
+                            % escape_controls(line[:40].decode('latin-1')))
+        length = int(match.group(1), 16)
+        size += length
+        if size > limit:
+            raise HTTPError(413, 'the body exceeds the limit of %d bytes'
+                            % limit)
+        if not length:
+            skip_trailers(rfile, trailer_limit)
+            return b''.join(chunks)
+        chunk = rfile.read(length)
+        if len(chunk) != length or rfile.readline(3) != b'\r\n':
+            raise Truncated('a chunk is truncated')
+        chunks.append(chunk)
+
+
+def skip_trailers(rfile, limit):
+    size = 0
+    while True:
+        line = rfile.readline(1024)
+        size += len(line)
+        if not line.endswith(b'\n'):
+            raise Truncated('the chunked body is truncated')
+        if not line.endswith(b'\r\n'):
+            raise HTTPError(400, 'a trailer line does not end in CRLF')
+        if line == b'\r\n':
+            return
+        name, colon, value = line[:-2].decode('iso-8859-1').partition(':')
+        if not colon or not is_token(name) or \
+                has_field_control_characters(value):
+            raise HTTPError(400, 'malformed trailer line %r'
+                            % escape_controls(line[:60].decode('iso-8859-1')))
+        if size > limit:
+            raise HTTPError(431, 'the trailers exceed %d bytes' % limit)
+
+
+def client_ip(peer, headers, config):
+    """The client's address for access checks; None when a trusted
+    proxy's X-Real-IP is not one valid address.
+
+    Only with xheaders on and only from a trusted proxy does X-Real-IP
+    count, as one line: any client can send the header, and the proxy
+    must replace it.  X-Forwarded-For never counts here: a proxy that
+    passes on the client's own would let it name any address.
+    """
+    peer = ip_address(peer)
+    if not is_trusted_proxy(peer, config):
+        return peer
+    real = headers.get_all('X-Real-IP')
+    if real is None:
+        return peer
+    return forwarded_ip(real[0]) if len(real) == 1 else None
+
+
+def is_trusted_proxy(address, config):
+    return config.xheaders and in_networks(address, config.trusted_proxies)
+
+
+def logged_address(peer, headers, config):
+    """The client for the log: an address a trusted proxy names, once it
+    parsed as one, else the peer's.  Without X-Real-IP, X-Forwarded-For
+    is read from the right, where proxies append what they saw, to the
+    first hop that is not itself a trusted proxy."""
+    if not config.xheaders:
+        return peer
+    address = client_ip(peer, headers, config)
+    if address is not None and 'X-Real-IP' not in headers and \
+            is_trusted_proxy(address, config):
+        address = forwarded_client(address, headers, config)
+    return str(address or peer)
+
+
+def forwarded_client(proxy, headers, config):
+    address = proxy
+    hops = ','.join(headers.get_all('X-Forwarded-For', []))
+    for hop in reversed(hops.split(',') if hops else []):
+        address = forwarded_ip(hop)
+        if address is None or not is_trusted_proxy(address, config):
+            return address
+    return address
+
+
+def allow_anyone(handler):
+    """Access for a route any client may call."""
+    return None
+
+
+def allow_stats_clients(handler):
+    """HTTPServer.stats_allow decides who may read the figures: they name
+    every vhost and user publishing through the worker."""
+    address = handler.client_ip()
+    if address is None:
+        raise HTTPError(403, 'statistics are not served when the proxy '
+                        'does not name one client address')
+    if not in_networks(address, handler.worker.config.stats_allow):
+        raise HTTPError(403, 'statistics are not served to %s' % address)
+    return None
+
+
+def require_basic_auth(handler):
+    """The request's HTTP Basic (user, password), which RabbitMQ checks
+    when the message is published; 401 without them."""
+    return basic_credentials(handler.headers.get('Authorization'))
+
+
+class Route:
+    """A row of the route table: the methods and path shape it answers,
+    the Handler method that answers, and who may call it.
+
+    In a shape, <name> matches one path segment and <name*> the rest of
+    the path; the answer gets them in order.  A target replaces the
+    shape's own matching where names need decoding and checking before
+    the method is: a function from the path to the answer's arguments,
+    or None.  A route with a setting is served only while that Config
+    setting is set.  Other methods on an exclusive route's path are
+    answered 405; a route that is not exclusive leaves them to the rows
+    after it.  access(handler) raises the refusal, or returns what the
+    answer may read as handler.credentials.
+    """
+
+    def __init__(self, methods, shape, answer, access=allow_anyone,
+                 target=None, refusal=None, setting=None, exclusive=True):
+        self.methods = tuple(methods.split())
+        self.shape = shape
+        self.answer = answer
+        self.access = access
+        self.target = target or shape_matcher(shape)
+        self.refusal = refusal or '%s accepts %s' % (shape, self.methods[0])
+        self.setting = setting
+        self.exclusive = exclusive
+
+    def match(self, path, config):
+        """The answer's arguments when path is this route's, else None."""
+        if self.setting is not None and not getattr(config, self.setting):
+            return None
+        return self.target(path)
+
+    def refuse(self):
+        return HTTPError(405, self.refusal, {'Allow': ', '.join(self.methods)})
+
+
+SHAPE_NAME = re.compile(r'<(\w+)(\*?)>')
+
+
+def shape_matcher(shape):
+    """A function from a path to the values of shape's names, or None."""
+    if '<' not in shape:
+        return lambda path: () if path == shape else None
+    pattern, end = [], 0
+    for name in SHAPE_NAME.finditer(shape):
+        pattern.append(re.escape(shape[end:name.start()]))
+        pattern.append('(.*)' if name.group(2) else '([^/]*)')
+        end = name.end()
+    pattern.append(re.escape(shape[end:]))
+    regex = re.compile(''.join(pattern), re.S)
+
+    def match(path):
+        found = regex.fullmatch(path)
+        return None if found is None else found.groups()
+    return match
+
+
+def find_route(routes, method, path, config):
+    """The first route that answers method at path, and the answer's
+    arguments; None when no route has the path.  The first exclusive
+    route whose path it is refuses any other method with 405."""
+    for route in routes:
+        arguments = route.match(path, config)
+        if arguments is None:
+            continue
+        if method in route.methods:
+            return route, arguments
+        if route.exclusive:
+            raise route.refuse()
+    return None
+
+
+PUBLISH_PATH_REFUSAL = 'a publish path accepts POST only'
+
+
+class Handler(HTTPProtocol):
+    """statelessd's pages and its publishing, answered as ROUTES says."""
+
+    #: The first row whose path and method match answers.  The publish
+    #: path is any three segments, so a new row goes before it.  /health
+    #: says only up or down, and which RabbitMQ nodes the worker is
+    #: connected to; the other pages are for stats_allow clients.
+    ROUTES = (
+        Route('GET HEAD', '/', 'send_dashboard', access=allow_stats_clients),
+        Route('GET HEAD', '/stats', 'send_stats', access=allow_stats_clients),
+        Route('GET HEAD', '/stats/all', 'send_all_stats',
+              access=allow_stats_clients),
+        Route('GET HEAD', '/metrics', 'send_metrics',
+              access=allow_stats_clients),
+        Route('GET HEAD', '/health', 'send_health'),
+        Route('GET HEAD', '/static/<name*>', 'send_static', setting='static',
+              exclusive=False),
+        Route('POST', '/api/exchanges/<vhost>/<exchange>/publish',
+              'publish_api', access=require_basic_auth, target=api_target,
+              refusal=PUBLISH_PATH_REFUSAL),
+        Route('POST', '/<vhost>/<exchange>/<routing_key>', 'publish',
+              access=require_basic_auth, target=publish_target,
+              refusal=PUBLISH_PATH_REFUSAL),
+    )
+
+    def route(self, method):
+        path, _, self.query = self.path.partition('?')
+        found = find_route(self.ROUTES, method, path, self.worker.config)
+        if found is None:
+            raise HTTPError(404, 'no such resource: publish to '
+                            '/<vhost>/<exchange>/<routing_key> or '
+                            '/api/exchanges/<vhost>/<exchange>/publish')
+        route, arguments = found
+        self.credentials = route.access(self)
+        getattr(self, route.answer)(*arguments)
+
+    def send_dashboard(self):
+        self.send_body(200, 'text/html; charset=utf-8', self.worker.dashboard)
+
+    def send_stats(self):
+        self.send_json(200, self.worker.stats())
+
+    def send_all_stats(self):
+        documents = self.worker.all_stats()
+        self.send_json(200, statelessd_stats.all_document(self.worker.host,
+                                                          documents))
+
+    def send_metrics(self):
+        text = statelessd_stats.prometheus_text(self.worker.all_stats())
+        self.send_body(200, statelessd_stats.PROMETHEUS_CONTENT_TYPE,
+                       text.encode('utf-8'))
+
+    def send_health(self):
+        """200 while this worker can publish, 503 (one JSON line) if not;
+        either names the RabbitMQ nodes the worker is connected to."""
+        problem, nodes = self.worker.health()
+        if problem is None:
+            self.send_json(200, {'status': 'ok', 'port': self.worker.port,
+                                 'nodes': nodes})
+        else:
+            self.send_json(503, {'status': 'unavailable',
+                                 'port': self.worker.port,
+                                 'reason': problem, 'nodes': nodes},
+                           {'Retry-After': str(RETRY_AFTER)})
+
+    def send_static(self, name):
+        """A file below Application.paths.static, never one outside it."""
+        root = os.path.realpath(self.worker.config.static)
+        relative = decode_segment(name, 'file name')
+        path = None if has_unloggable_characters(relative) else \
+            os.path.realpath(os.path.join(root, relative))
+        if path is None or not path.startswith(root + os.sep) or \
+                not os.path.isfile(path):
+            raise HTTPError(404, 'no such static file: %s'
+                            % escape_controls(name))
+        with open(path, 'rb') as handle:
+            body = handle.read()
+        content_type = mimetypes.guess_type(path)[0] or \
+            'application/octet-stream'
+        self.send_body(200, content_type, body)
+
+    def send_json(self, status, document, headers=None):
+        self.send_body(status, 'application/json',
+                       json.dumps(document).encode() + b'\n', headers)
+
+    def publish(self, vhost, exchange, routing_key):
+        """The original's form API; a body that is not a form is published
+        as it is, and messages[i][...] fields make a batch."""
+        user, password = self.credentials
+        query = self.query
+        flags = urllib.parse.parse_qs(query) if query else {}
+        confirm = query_flag(flags, 'confirm', self.worker.config.confirm)
+        mandatory = query_flag(flags, 'mandatory', False)
+        content_type = self.headers.get('Content-Type')
+        body = self.read_body()
+        pairs = form_fields(content_type, body)
+        if pairs is None:
+            message = raw_message(exchange, routing_key, body, content_type,
+                                  query, user, mandatory)
+        elif is_form_batch(pairs):
+            messages = batch_messages(
+                form_batch(pairs, self.worker.config.max_batch_size),
+                lambda fields: batch_form_message(exchange, routing_key,
+                                                  fields, user, mandatory))
+            self.publish_form_batch(vhost, user, password, messages, confirm)
+            return
+        else:
+            fields, headers = message_fields(pairs)
+            message = form_message(exchange, routing_key, fields, headers,
+                                   user, mandatory)
+        try:
+            self.worker.registry.publish(vhost, user, password, message,
+                                         confirm)
+            self.published = 1
+            error = message.outcome(time.monotonic() +
+                                    self.worker.config.confirm_timeout)
+            if error is not None:
+                raise error
+        except statelessd_amqp.PublishError as error:
+            raise publish_error(error) from None
+        self.send_body(204)
+
+    def publish_form_batch(self, vhost, user, password, messages, confirm):
+        """200 {"published": N}, with a result per message in confirm mode;
+        else the first failure's status and every message's result."""
+        errors = self.publish_all(vhost, user, password, messages, confirm)
+        results = [{'status': 204} if error is None else failure(error)
+                   for error in errors]
+        answer = {'published': errors.count(None), 'results': results}
+        self.send_batch_answer(errors, answer if confirm else
+                               {'published': answer['published']}, answer)
+
+    def publish_api(self, vhost, exchange):
+        """The management API's publish: mandatory, confirmed, answered
+        {"routed": ...}; a JSON array is a batch."""
+        user, password = self.credentials
+        document = json_document(self.read_body())
+        if isinstance(document, dict):
+            error = self.publish_all(vhost, user, password,
+                                     [api_message(exchange, document, user)],
+                                     True)[0]
+            if error is not None and not unrouted(error):
+                raise publish_error(error)
+            self.send_json(200, {'routed': error is None})
+            return
+        if len(document) > self.worker.config.max_batch_size:
+            raise batch_too_large(len(document),
+                                  self.worker.config.max_batch_size)
+        messages = batch_messages(
+            document, lambda item: api_message(exchange, item, user))
+        errors = self.publish_all(vhost, user, password, messages, True)
+        failures = [None if unrouted(error) else error for error in errors]
+        results = [{'routed': error is None} if problem is None
+                   else failure(problem)
+                   for error, problem in zip(errors, failures)]
+        self.send_batch_answer(failures, results, {'results': results})
+
+    def publish_all(self, vhost, user, password, messages, confirm):
+        """Publish messages in their order on one publisher; the outcome of
+        each, None or its PublishError."""
+        try:
+            self.worker.registry.publish_batch(vhost, user, password,
+                                               messages, confirm)
+        except statelessd_amqp.PublishError as error:
+            raise publish_error(error) from None
+        self.published = len(messages)
+        deadline = time.monotonic() + self.worker.config.confirm_timeout
+        return [message.outcome(deadline) for message in messages]
+
+    def send_batch_answer(self, errors, answer, details):
+        """200 with answer when every message went, else the first failure's
+        status, its error document holding details (every message's result):
+        a batch is not a transaction, and a client retries exactly the
+        failed ones."""
+        for index, error in enumerate(errors):
+            if error is not None:
+                problem = publish_error(error)
+                problem.reason = 'messages[%d]: %s' % (index, problem.reason)
+                problem.details = details
+                raise problem
+        self.send_json(200, answer)
 
 
 def libc_send():
@@ -2109,20 +2219,29 @@ SEND_FLAGS = getattr(socket, 'MSG_DONTWAIT', 0) | \
 
 
 def send_at_once(sock, data):
-    """Send what the socket takes without waiting, GIL held; the number of
-    bytes sent, 0 on any error (the caller's ordinary send reports it).
+    """Send what a plain TCP socket takes without waiting, GIL held, so
+    that no other request thread takes the GIL mid-response; else, and on
+    any error, send nothing and return 0: the caller's sendall sends it.
 
     socket.send releases the GIL for the system call, and under load
     another request thread takes it: the sender then waits its turn to
-    finish the request.  That hand-over was 40% of a worker's voluntary
-    context switches; a response nearly always fits the socket's buffer.
+    finish the request, though a response nearly always fits the socket's
+    buffer.  The bytes go to the file descriptor as they are, so anything
+    that is not a plain TCP socket (a TLS socket above all) is refused.
     """
-    if LIBC_SEND is None:
+    if LIBC_SEND is None or not is_plain_tcp(sock):
         return 0
     return max(LIBC_SEND(sock.fileno(), data, len(data), SEND_FLAGS), 0)
 
 
-def printable(line):
+def is_plain_tcp(sock):
+    """Whether sock is the kernel's TCP socket itself, not a subclass (such
+    as ssl.SSLSocket) that transforms the bytes on their way."""
+    return type(sock) is socket.socket and sock.type == socket.SOCK_STREAM \
+        and sock.family in (socket.AF_INET, socket.AF_INET6)
+
+
+def escape_controls(line):
     """A client's text for a log line, control characters escaped."""
     if line.isprintable():
         return line
@@ -2158,15 +2277,13 @@ class RequestHeaders:
     """A request's headers by case-insensitive name; the part of
     http.client.HTTPMessage that statelessd uses."""
 
-    __slots__ = ('_values', '_count')
+    __slots__ = ('_values',)
 
     def __init__(self):
         self._values = {}
-        self._count = 0
 
     def add(self, name, value):
         self._values.setdefault(name.lower(), []).append(value)
-        self._count += 1
 
     def get(self, name, default=None):
         values = self._values.get(name.lower())
@@ -2177,9 +2294,6 @@ class RequestHeaders:
 
     def __contains__(self, name):
         return name.lower() in self._values
-
-    def __len__(self):
-        return self._count
 
 
 class Watch:
@@ -2274,7 +2388,7 @@ class Watchdog(threading.Thread):
             lingering, self._lingering = self._lingering, collections.deque()
         keep = []
         for sock, until in lingering:
-            if until > now and drain(sock):
+            if until > now and read_and_drop(sock):
                 keep.append((sock, until))
             else:
                 sock.close()
@@ -2282,7 +2396,7 @@ class Watchdog(threading.Thread):
             self._lingering.extendleft(reversed(keep))
 
 
-def drain(sock):
+def read_and_drop(sock):
     """Read and drop what a lingering socket holds; False once it is done."""
     for _ in range(64):
         try:
@@ -2317,8 +2431,8 @@ class Server(http.server.ThreadingHTTPServer):
         HTTPServer.max_connections are being served, answer 503 at once.
 
         A thread that served a connection waits THREAD_IDLE seconds for the
-        next one before it ends: starting a thread per connection was most
-        of the cost of clients that connect for every request, as PHP does.
+        next one before it ends, so that clients that connect for every
+        request, as PHP does, do not each pay for starting a thread.
         """
         if not self.worker.connection_slots.acquire(blocking=False):
             self.refuse(request)
@@ -2360,7 +2474,7 @@ class Server(http.server.ThreadingHTTPServer):
         self.worker.requests.record('UNKNOWN', 503, 0.0)
         try:
             request.setblocking(False)
-            request.send(BUSY)
+            request.send(BUSY_RESPONSE)
         except OSError:
             pass
         self.worker.watchdog.linger(request)
@@ -2386,7 +2500,7 @@ def busy_response():
             b'Connection: close\r\n\r\n' % (len(body), RETRY_AFTER)) + body
 
 
-BUSY = busy_response()
+BUSY_RESPONSE = busy_response()
 #: The second and the Date header text of the responses sent in it.
 DATE_CACHE = [None, '']
 

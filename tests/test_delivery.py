@@ -15,17 +15,15 @@ import time
 import pika
 import pytest
 
-from conftest import Http, check_error, free_port, unique, write_config
-from delivery_support import (Load, PrivateBroker, arrived_ids, drained,
-                              durable_target, gateway, received_ids,
-                              require_rabbitmq_tools, stats, wait_until)
+from support import (Http, Load, PrivateBroker, arrived_ids, check_error,
+                     drained, durable_target, free_port, gateway, rabbitmqctl,
+                     received_ids, stats, unique, wait_until, write_config)
 
 import statelessd_amqp
 
 
 @pytest.fixture(scope='module')
 def private_broker():
-    require_rabbitmq_tools()
     broker = PrivateBroker()
     try:
         broker.start()
@@ -254,11 +252,6 @@ def test_confirm_timeout_is_504(statelessd, private_broker):
     channel.exchange_delete(name)
 
 
-def worker_pids(master_pid):
-    with open('/proc/%d/task/%d/children' % (master_pid, master_pid)) as f:
-        return [int(pid) for pid in f.read().split()]
-
-
 def spool_directory(tmp_path):
     directory = tmp_path / 'spool'
     directory.mkdir(mode=0o700)
@@ -288,10 +281,10 @@ def test_spool_replays_after_kill_9_during_outage(statelessd, outage,
     assert oct(spool_file.stat().st_mode & 0o777) == oct(0o600)
     assert oct(directory.stat().st_mode & 0o777) == oct(0o700)
 
-    [worker] = worker_pids(server.process.pid)
+    [worker] = server.children()
     os.kill(worker, signal.SIGKILL)
     killed_at = time.monotonic()
-    wait_until(lambda: worker_pids(server.process.pid) not in ([], [worker]),
+    wait_until(lambda: server.children() not in ([], [worker]),
                5, 'the master did not restart the killed worker')
     wait_until(lambda: http.get(server.port, '/stats').status == 200, 5,
                'the new worker does not serve')
@@ -470,7 +463,7 @@ def test_idle_publisher_closes_and_reopens(statelessd, amqp_root, broker):
                'the idle publisher did not close')
 
     def statelessd_connections():
-        names = broker.ctl('list_connections', 'client_properties').stdout
+        names = rabbitmqctl('list_connections', 'client_properties')
         return names.count('statelessd:%d ' % server.port)
 
     wait_until(lambda: statelessd_connections() == 0, 10,

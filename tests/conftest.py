@@ -14,6 +14,7 @@ from support import (GUEST, Amqp, Broker, Http, Statelessd, Target,
                      check_error, check_message, require_broker,
                      require_tool, unique)
 
+
 @pytest.fixture(scope='session', name='http')
 def http_fixture():
     return Http()
@@ -124,7 +125,7 @@ def statelessd(tmp_path_factory, broker_reachable):
     errors = []
     for server in servers:
         try:
-            server.stop_cleanly()
+            server.stop()
         except AssertionError as error:
             errors.append(str(error))
     if errors:

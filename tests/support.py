@@ -1073,15 +1073,15 @@ class Statelessd:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(5)
 
-    def stop(self):
+    def halt(self):
         """SIGTERM, then SIGKILL for anything left; the master's status."""
         try:
             return self.terminate()
         finally:
             self.kill()
 
-    def stop_cleanly(self):
-        """stop(), insisting on exit status 0 and no port left open."""
+    def stop(self):
+        """halt(), insisting on exit status 0 and no port left open."""
         status = self.terminate()
         leftovers = settle(lambda: [port for port in self.ports
                                     if port_is_open(port)] or None,
@@ -1100,9 +1100,9 @@ class Statelessd:
 
     def __exit__(self, kind, error, traceback):
         if kind is None:
-            self.stop_cleanly()
-        else:
             self.stop()
+        else:
+            self.halt()
 
 
 def stats(port):

@@ -696,7 +696,7 @@ def test_hostile_clients_hurt_no_one(tmp_path):
                  rss_after, threads_before, threads_after, connections))
         assert server.children() == workers
     finally:
-        server.stop()
+        server.halt()
         account.delete()
     assert outcomes.bad == []
     # During the burst, anyone may be told 503.

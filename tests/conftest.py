@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from support import (GUEST, Amqp, Broker, Http, Statelessd, Target,
-                     check_error, check_message, require_broker,
+from support import (GUEST, Amqp, Broker, BrokerAccount, Http, Statelessd,
+                     Target, check_error, check_message, require_broker,
                      require_tool, unique)
 
 
@@ -49,6 +49,21 @@ def noperm_user(broker):
     password = 'np-' + secrets.token_hex(12)
     user = broker.add_user(unique('statelessd-noperm-'), password)
     return SimpleNamespace(user=user, password=password)
+
+
+@pytest.fixture
+def account(broker_reachable):
+    """A vhost and a user of the test's own, removed afterwards: the test
+    may change the password or delete them."""
+    with BrokerAccount() as own:
+        yield own
+
+
+@pytest.fixture(scope='module')
+def shared_account(broker_reachable):
+    """A vhost and a user that the tests of one module share."""
+    with BrokerAccount('shared') as own:
+        yield own
 
 
 @pytest.fixture(scope='module')

@@ -200,7 +200,7 @@ def soak_gateway(gateway, node, seconds, report):
            0.5)
     churn_end(churn)
     settled = settle(lambda: back_to(baseline, sampler.sample('', False)),
-                       SETTLE, 5)
+                     SETTLE, 5)
     sampler.sample('after')
     channel = node.channel()
     received = consumed_ids(channel, name)

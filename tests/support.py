@@ -195,7 +195,7 @@ class Response:
             self.body[:500])
 
 
-def exchange(connection, method, path, body=None, headers=None):
+def round_trip(connection, method, path, body=None, headers=None):
     """One request on an open http.client connection; the Response."""
     connection.request(method, path, body=body, headers=headers or {})
     response = connection.getresponse()
@@ -210,7 +210,7 @@ def request(port, method, path, body=None, headers=None, timeout=HTTP_TIMEOUT,
         host, port, timeout=timeout,
         source_address=(source, 0) if source else None)
     with contextlib.closing(connection):
-        return exchange(connection, method, path, body, headers)
+        return round_trip(connection, method, path, body, headers)
 
 
 def get(port, path, **kwargs):
@@ -294,9 +294,9 @@ class Http:
         if body is None and method in ('POST', 'PUT'):
             body = b''
         if conn is not None:
-            return exchange(conn, method, path, body, headers)
+            return round_trip(conn, method, path, body, headers)
         with contextlib.closing(self.connect(port)) as own:
-            return exchange(own, method, path, body, headers)
+            return round_trip(own, method, path, body, headers)
 
     def post(self, port, path, fields=None, auth=GUEST,
              encoding='urlencoded', headers=None, conn=None, boundary=None):
@@ -580,9 +580,10 @@ class Broker:
 
 
 class BrokerAccount:
-    """A vhost and a user of its own, removed again by delete()."""
+    """A vhost and a user of its own with every permission on it, removed
+    again by delete() or at the end of a with block."""
 
-    def __init__(self, prefix='hard'):
+    def __init__(self, prefix='account'):
         self.broker = Broker()
         info = self.broker.account(prefix + '-', prefix + '-user-')
         self.vhost, self.user, self.password = (info.vhost, info.user,
@@ -633,6 +634,12 @@ class BrokerAccount:
 
     def delete(self):
         self.broker.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.delete()
 
 
 class Message(SimpleNamespace):

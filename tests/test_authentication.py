@@ -16,13 +16,6 @@ import support
 
 
 @pytest.fixture
-def account():
-    account = support.BrokerAccount('login')
-    yield account
-    account.delete()
-
-
-@pytest.fixture
 def proxy():
     proxy = support.CountingProxy()
     yield proxy
@@ -168,39 +161,36 @@ def leaks(text, passwords):
     return found
 
 
-def test_no_password_in_logs_bodies_stats_or_process_titles(tmp_path):
-    account = support.BrokerAccount('secret')
+def test_no_password_in_logs_bodies_stats_or_process_titles(tmp_path,
+                                                            account):
     account.change_password(PASSWORD)
     log_file = tmp_path / 'debug.log'
     seen = []
-    try:
-        with support.Statelessd(debug_logging(log_file)) as server:
-            def publish(password, expect):
-                answer = publish_as(server.port, account.vhost, account.user,
-                                    password)
-                seen.append(answer.body.decode('latin-1'))
-                seen.append(str(dict(answer.headers)))
-                assert answer.status == expect, answer
-            publish(PASSWORD, 204)
-            publish(PASSWORD + 'x', 401)
-            publish('', 401)
-            account.change_password(ROTATED)
-            publish(ROTATED, 204)
-            publish(PASSWORD, 401)
-            publish(ROTATED, 204)
-            for path in ('/stats', '/', '/stats/all', '/metrics'):
-                seen.append(support.request(server.port, 'GET',
-                                            path).body.decode('latin-1'))
-            for pid in [server.process.pid] + server.children():
-                for name in ('cmdline', 'comm', 'environ'):
-                    seen.append(Path('/proc/%d/%s' % (pid, name))
-                                .read_bytes().decode('latin-1'))
-                for task in Path('/proc/%d/task' % pid).iterdir():
-                    seen.append((task / 'comm').read_text())
-        log = server.log()
-        debug_log = log_file.read_text(errors='replace')
-    finally:
-        account.delete()
+    with support.Statelessd(debug_logging(log_file)) as server:
+        def publish(password, expect):
+            answer = publish_as(server.port, account.vhost, account.user,
+                                password)
+            seen.append(answer.body.decode('latin-1'))
+            seen.append(str(dict(answer.headers)))
+            assert answer.status == expect, answer
+        publish(PASSWORD, 204)
+        publish(PASSWORD + 'x', 401)
+        publish('', 401)
+        account.change_password(ROTATED)
+        publish(ROTATED, 204)
+        publish(PASSWORD, 401)
+        publish(ROTATED, 204)
+        for path in ('/stats', '/', '/stats/all', '/metrics'):
+            seen.append(support.request(server.port, 'GET',
+                                        path).body.decode('latin-1'))
+        for pid in [server.process.pid] + server.children():
+            for name in ('cmdline', 'comm', 'environ'):
+                seen.append(Path('/proc/%d/%s' % (pid, name))
+                            .read_bytes().decode('latin-1'))
+            for task in Path('/proc/%d/task' % pid).iterdir():
+                seen.append((task / 'comm').read_text())
+    log = server.log()
+    debug_log = log_file.read_text(errors='replace')
     assert 'DEBUG pika' in debug_log, 'pika debug logging did not run'
     assert leaks(log + debug_log, [PASSWORD, ROTATED]) == []
     assert leaks('\n'.join(seen), [PASSWORD, ROTATED]) == []

@@ -148,14 +148,21 @@ def test_second_stream_messages_all_arrive_after_exchange_returns(
     channel.exchange_delete(name)
 
 
-def test_confirm_mode_answers_from_the_broker(statelessd, amqp_root):
-    channel = amqp_root.channel
-    exchange = unique('statelessd.confirm.')
+def full_queue(channel, routing_key):
+    """A direct exchange and a bound queue that holds one message and
+    rejects (nacks) every publish beyond it: (exchange, queue)."""
+    exchange = unique('statelessd.nack.')
     channel.exchange_declare(exchange, 'direct')
     full = unique('statelessd.full.')
     channel.queue_declare(full, arguments={'x-max-length': 1,
                                            'x-overflow': 'reject-publish'})
-    channel.queue_bind(full, exchange, 'full')
+    channel.queue_bind(full, exchange, routing_key)
+    return exchange, full
+
+
+def test_confirm_mode_answers_from_the_broker(statelessd, amqp_root):
+    channel = amqp_root.channel
+    exchange, full = full_queue(channel, 'full')
     server = statelessd(1)
     http = Http()
     base = '/%%2f/%s/' % exchange
@@ -188,12 +195,7 @@ def test_nacked_messages_answered_204_wait_for_room(statelessd, amqp_root):
     """A queue that rejects publishes nacks; what was answered 204 is
     published again, on fresh channels, until the queue takes it."""
     channel = amqp_root.channel
-    exchange = unique('statelessd.nack.')
-    channel.exchange_declare(exchange, 'direct')
-    full = unique('statelessd.full.')
-    channel.queue_declare(full, arguments={'x-max-length': 1,
-                                           'x-overflow': 'reject-publish'})
-    channel.queue_bind(full, exchange, 'k')
+    exchange, full = full_queue(channel, 'k')
     server = statelessd(1)
     http = Http()
     path = '/%%2f/%s/k' % exchange

@@ -20,12 +20,11 @@ from pathlib import Path
 import pytest
 
 import statelessd
-from support import (NGINX_CONF, PYTHON, PYZ_SOURCES, REPO, SCRIPT,
-                     BrokerAccount, Statelessd, assert_json_error, free_port,
-                     get, make_ca, make_in_copy, make_server_certificate,
-                     nginx, publish, request, require_python, require_tool,
-                     settle, sink, statelessd_config, tls_terminator,
-                     write_config)
+from support import (NGINX_CONF, PYTHON, PYZ_SOURCES, REPO, SCRIPT, Statelessd,
+                     assert_json_error, free_port, get, make_ca, make_in_copy,
+                     make_server_certificate, nginx, publish, request,
+                     require_python, require_tool, settle, sink,
+                     statelessd_config, tls_terminator, write_config)
 
 
 def file_logging(path, level='INFO'):
@@ -290,7 +289,7 @@ def test_each_worker_keeps_to_one_cpu_the_ports_taking_turns(tmp_path):
         assert os.sched_getaffinity(gateway.process.pid) == set(cpus)
 
 
-def test_cpu_affinity_false_leaves_workers_to_the_kernel(tmp_path):
+def test_cpu_affinity_false_leaves_workers_to_the_kernel():
     cpus = os.sched_getaffinity(0)
     with Statelessd({'HTTPServer': {'cpu_affinity': False}},
                     ports=2) as gateway:
@@ -621,8 +620,7 @@ def test_the_deb_holds_the_pyz_and_depends_on_python3_alone(deb):
                          re.M), path
 
 
-def test_the_deb_installs_publishes_and_leaves_its_configuration(deb,
-                                                                tmp_path):
+def test_the_deb_installs_publishes_and_leaves_its_configuration(deb):
     with installed(deb):
         assert package_status() == 'install ok installed'
         assert run('dpkg-query', '-W', '-f=${Conffiles}',
@@ -678,13 +676,6 @@ def pki(tmp_path_factory):
     certificate = make_server_certificate(directory, ca)
     with tls_terminator(directory, certificate) as port:
         yield {'ca': ca[0], 'other_ca': other_ca[0], 'port': port}
-
-
-@pytest.fixture
-def account():
-    account = BrokerAccount('tls')
-    yield account
-    account.delete()
 
 
 def tls_config(pki, **tls):

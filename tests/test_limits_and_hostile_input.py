@@ -293,14 +293,7 @@ ANY_ANSWER = set(range(200, 500)) | {501, 503, 505}
 
 
 @pytest.fixture(scope='module')
-def fuzzed_account():
-    account = support.BrokerAccount('hypo')
-    yield account
-    account.delete()
-
-
-@pytest.fixture(scope='module')
-def fuzzed_server(fuzzed_account):
+def fuzzed_server(shared_account):
     with support.Statelessd({'HTTPServer': {'request_timeout': 2,
                                             'max_body_size': 4096}}) \
             as instance:
@@ -365,9 +358,9 @@ def raw_requests(draw, account):
 
 
 def test_any_request_gets_a_status_and_json_errors(fuzzed_server,
-                                                   fuzzed_account):
+                                                   shared_account):
     @FUZZ_SETTINGS
-    @given(raw_requests(fuzzed_account))
+    @given(raw_requests(shared_account))
     def check(data):
         raw = support.raw_exchange(fuzzed_server.port, data, timeout=10)
         assert raw.startswith(b'HTTP/1.1 '), (data, raw[:200])
@@ -384,8 +377,8 @@ PROPERTY_TEXT = st.text(st.characters(blacklist_categories=('Cs', 'Cc')),
                         max_size=30)
 
 
-def test_valid_messages_arrive_byte_exact(fuzzed_server, fuzzed_account):
-    queue = fuzzed_account.queue_bound_to('amq.topic', 'hypo.#')
+def test_valid_messages_arrive_byte_exact(fuzzed_server, shared_account):
+    queue = shared_account.queue_bound_to('amq.topic', 'hypo.#')
 
     @settings(max_examples=40, deadline=None,
               suppress_health_check=list(HealthCheck))
@@ -404,11 +397,11 @@ def test_valid_messages_arrive_byte_exact(fuzzed_server, fuzzed_account):
             return
         response = support.request(
             fuzzed_server.port, 'POST', '/%s/amq.topic/hypo.key?confirm=1'
-            % support.quote(fuzzed_account.vhost), raw,
-            {'Authorization': fuzzed_account.auth,
+            % support.quote(shared_account.vhost), raw,
+            {'Authorization': shared_account.auth,
              'Content-Type': content_type})
         assert response.status == 204, response
-        [(properties, received)] = fuzzed_account.drain(queue, 1)
+        [(properties, received)] = shared_account.drain(queue, 1)
         assert received == body
         assert properties.message_id == message_id
         assert {k: (v.decode() if isinstance(v, bytes) else v)
@@ -580,8 +573,7 @@ def until(deadline, action):
         action()
 
 
-def test_hostile_clients_hurt_no_one(tmp_path):
-    account = support.BrokerAccount('hostile')
+def test_hostile_clients_hurt_no_one(account):
     outcomes = Outcomes()
     ghost_passwords = ['ghost-secret-%d' % n for n in range(100)]
     config = {
@@ -697,7 +689,6 @@ def test_hostile_clients_hurt_no_one(tmp_path):
         assert server.children() == workers
     finally:
         server.halt()
-        account.delete()
     assert outcomes.bad == []
     # During the burst, anyone may be told 503.
     assert set(outcomes.statuses['slow']) <= {408, 503}

@@ -15,9 +15,9 @@ import time
 import pytest
 
 import statelessd
-from support import (GUEST, BrokerAccount, Statelessd, assert_json_error,
-                     free_port, get, publish, publish_path, rabbitmqctl,
-                     request, require_tool, settle, sink, unique)
+from support import (GUEST, Statelessd, assert_json_error, free_port, get,
+                     publish, publish_path, rabbitmqctl, request, require_tool,
+                     settle, sink, unique)
 
 NUMBER = (int, float)
 
@@ -578,14 +578,10 @@ def test_x_real_ip_from_an_untrusted_peer_is_ignored():
         assert_json_error(response, 403)
 
 
-def test_publishing_is_not_subject_to_stats_allow():
-    account = BrokerAccount('allow')
-    try:
-        with Statelessd({'HTTPServer': {
-                'stats_allow': ['10.0.0.0/8']}}) as server:
-            assert account.publish(server.port, 'x').status == 204
-    finally:
-        account.delete()
+def test_publishing_is_not_subject_to_stats_allow(account):
+    with Statelessd({'HTTPServer': {
+            'stats_allow': ['10.0.0.0/8']}}) as server:
+        assert account.publish(server.port, 'x').status == 204
 
 
 # ----------------------------------------------------------------------------

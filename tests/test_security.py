@@ -31,10 +31,9 @@ FORM = 'application/x-www-form-urlencoded'
 
 
 @pytest.fixture(scope='module')
-def account():
-    account = support.BrokerAccount('sec')
-    yield account
-    account.delete()
+def account(shared_account):
+    """The tests of this module share one vhost and user."""
+    return shared_account
 
 
 @pytest.fixture(scope='module')
@@ -296,9 +295,8 @@ def checked_gateway(tmp_path):
 @pytest.fixture
 def user():
     """A vhost and user of the test's own, which the test may delete."""
-    account = support.BrokerAccount('sec-user')
-    yield account
-    account.delete()
+    with support.BrokerAccount('user') as own:
+        yield own
 
 
 def publish_until(port, account, queue, status, password=None,

@@ -449,7 +449,7 @@ def test_sigterm_without_spool_reports_the_count(statelessd, outage):
     assert 'stopped with 7 messages unconfirmed' in server.log()
 
 
-def test_idle_publisher_closes_and_reopens(statelessd, amqp_root, broker):
+def test_idle_publisher_closes_and_reopens(statelessd, amqp_root):
     channel = amqp_root.channel
     exchange = unique('statelessd.idle.')
     channel.exchange_declare(exchange, 'fanout')

@@ -32,7 +32,7 @@ import time
 import pika
 
 from support import (REPO, Http, Load, PrivateBroker, Statelessd, drained,
-                     durable_target, settle, unique)
+                     durable_target, process_status, settle, unique)
 
 #: Seconds a publisher may be idle before statelessd closes it.
 IDLE_TIMEOUT = 3
@@ -78,12 +78,6 @@ class Sampler:
                 label, port, figures['rss'] / 1048576, figures['threads'],
                 figures['fds'], figures['connections']))
         return '\n'.join(lines)
-
-
-def process_status(pid):
-    with open('/proc/%d/status' % pid) as handle:
-        return dict(line.split(':\t', 1) for line in handle
-                    if ':\t' in line)
 
 
 class WrongPasswords(threading.Thread):

@@ -963,11 +963,15 @@ def children(pid):
     return sorted(found)
 
 
+def process_status(pid):
+    """/proc/<pid>/status as {field: value}."""
+    with open('/proc/%d/status' % pid) as handle:
+        return dict(line.rstrip('\n').split(':\t', 1) for line in handle
+                    if ':\t' in line)
+
+
 def rss_kib(pid):
-    for line in Path('/proc/%d/status' % pid).read_text().splitlines():
-        if line.startswith('VmRSS:'):
-            return int(line.split()[1])
-    raise AssertionError('no VmRSS for %d' % pid)
+    return int(process_status(pid)['VmRSS'].split()[0])
 
 
 def thread_count(pid):

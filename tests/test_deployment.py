@@ -22,8 +22,8 @@ import pytest
 import statelessd
 from support import (NGINX_CONF, PYTHON, PYZ_SOURCES, REPO, SCRIPT, Statelessd,
                      assert_json_error, free_port, get, make_ca, make_in_copy,
-                     make_server_certificate, nginx, publish, request,
-                     require_python, require_tool, settle, sink,
+                     make_server_certificate, nginx, process_status, publish,
+                     request, require_python, require_tool, settle, sink,
                      statelessd_config, tls_terminator, write_config)
 
 
@@ -126,13 +126,9 @@ def test_a_stale_pidfile_is_replaced(tmp_path):
 
 def process_ids(pid):
     """(real uid, real gid, supplementary groups) of a process."""
-    fields = {}
-    with open('/proc/%d/status' % pid) as handle:
-        for line in handle:
-            name, _, value = line.partition(':')
-            fields[name] = value.split()
-    return (int(fields['Uid'][0]), int(fields['Gid'][0]),
-            sorted(int(g) for g in fields['Groups']))
+    fields = process_status(pid)
+    return (int(fields['Uid'].split()[0]), int(fields['Gid'].split()[0]),
+            sorted(int(g) for g in fields['Groups'].split()))
 
 
 def require_root():

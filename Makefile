@@ -17,7 +17,7 @@ run: venv broker
 # The whole suite on the default Python, then the delivery, pika and
 # cluster tests on the oldest pika setup.py allows, and the unit, publish
 # and delivery tests on the oldest and newest supported Pythons.
-CORE_TESTS := tests/test_units.py tests/test_publish.py tests/test_delivery.py
+CORE_TESTS := tests/test_units.py tests/test_publishing.py tests/test_delivery.py
 OLDEST := 3.8
 NEWEST := 3.13
 

@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """statelessd benchmark (`make bench`).
 
+It keeps its own small copies of the process and HTTP helpers that the
+tests share in tests/support.py, because the benchmark must run with the
+standard library and pika alone, without pytest.
+
 Starts everything it needs, measures side by side on this machine and prints
 a Markdown table with ratios and the targets; the same report goes to
 bench/results.md.  Rows:

@@ -26,16 +26,13 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 import pika
 
-from conftest import Http, unique
-from delivery_support import (Load, PrivateBroker, drained, durable_target,
-                              require_rabbitmq_tools)
-from ops_support import REPO, running
+from support import (REPO, Http, Load, PrivateBroker, Statelessd, drained,
+                     durable_target, process_status, settle, unique)
 
 #: Seconds a publisher may be idle before statelessd closes it.
 IDLE_TIMEOUT = 3
@@ -81,12 +78,6 @@ class Sampler:
                 label, port, figures['rss'] / 1048576, figures['threads'],
                 figures['fds'], figures['connections']))
         return '\n'.join(lines)
-
-
-def process_status(pid):
-    with open('/proc/%d/status' % pid) as handle:
-        return dict(line.split(':\t', 1) for line in handle
-                    if ':\t' in line)
 
 
 class WrongPasswords(threading.Thread):
@@ -154,16 +145,14 @@ class Churn(threading.Thread):
 
 def soak(seconds, report=print):
     """Run the soak for seconds; returns the verdicts and the table."""
-    require_rabbitmq_tools()
     node = PrivateBroker()
     node.start()
-    directory = tempfile.mkdtemp(prefix='statelessd-soak-')
     try:
         overrides = {'Application': {'rabbitmq': {
             'host': '127.0.0.1', 'port': node.port,
             'idle_timeout': IDLE_TIMEOUT, 'max_queue_size': 100000,
             'confirm_timeout': 10}}}
-        with running(directory, ports=2, overrides=overrides) as gateway:
+        with Statelessd(overrides, ports=2) as gateway:
             return soak_gateway(gateway, node, seconds, report)
     finally:
         node.remove()
@@ -201,10 +190,11 @@ def soak_gateway(gateway, node, seconds, report):
                 restart(node, churn)
                 restarted = True
     report('load stopped after %.0f s' % (time.monotonic() - started))
-    wait_for(lambda: all(drained(port) for port in gateway.ports), SETTLE)
+    settle(lambda: all(drained(port) for port in gateway.ports), SETTLE,
+           0.5)
     churn_end(churn)
-    settled = wait_for(lambda: back_to(baseline, sampler.sample('', False)),
-                       SETTLE, 5)
+    settled = settle(lambda: back_to(baseline, sampler.sample('', False)),
+                     SETTLE, 5)
     sampler.sample('after')
     channel = node.channel()
     received = consumed_ids(channel, name)
@@ -252,16 +242,7 @@ def churn_end(churn):
     def all_deleted():
         churn.delete_reaped(Http())
         return not churn.pairs
-    wait_for(all_deleted, SETTLE)
-
-
-def wait_for(predicate, timeout, interval=0.5):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
+    settle(all_deleted, SETTLE, 0.5)
 
 
 def back_to(baseline, now):

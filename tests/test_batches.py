@@ -1,11 +1,10 @@
 """Batches: many messages in one request, as a JSON array to the management
 API's endpoint or as messages[i][field] form fields on the original path."""
 import json
-import urllib.parse
 
 import pytest
 
-from conftest import GUEST
+from support import GUEST
 
 
 def api_path(target, exchange=None):

@@ -13,9 +13,8 @@ import time
 
 import pytest
 
-from conftest import Http, check_error, unique
-from delivery_support import (Load, PrivateBroker, drained, received_ids,
-                              require_rabbitmq_tools, stats, wait_until)
+from support import (Http, Load, PrivateBroker, check_error, drained,
+                     received_ids, stats, unique, wait_until)
 
 
 class Cluster:
@@ -60,7 +59,6 @@ class Cluster:
 
 @pytest.fixture(scope='module')
 def cluster():
-    require_rabbitmq_tools()
     cluster = Cluster()
     try:
         cluster.start()

@@ -15,17 +15,15 @@ import time
 import pika
 import pytest
 
-from conftest import Http, check_error, free_port, unique, write_config
-from delivery_support import (Load, PrivateBroker, arrived_ids, drained,
-                              durable_target, gateway, received_ids,
-                              require_rabbitmq_tools, stats, wait_until)
+from support import (Http, Load, PrivateBroker, arrived_ids, check_error,
+                     drained, durable_target, free_port, gateway, rabbitmqctl,
+                     received_ids, stats, unique, wait_until, write_config)
 
 import statelessd_amqp
 
 
 @pytest.fixture(scope='module')
 def private_broker():
-    require_rabbitmq_tools()
     broker = PrivateBroker()
     try:
         broker.start()
@@ -150,14 +148,21 @@ def test_second_stream_messages_all_arrive_after_exchange_returns(
     channel.exchange_delete(name)
 
 
-def test_confirm_mode_answers_from_the_broker(statelessd, amqp_root):
-    channel = amqp_root.channel
-    exchange = unique('statelessd.confirm.')
+def full_queue(channel, routing_key):
+    """A direct exchange and a bound queue that holds one message and
+    rejects (nacks) every publish beyond it: (exchange, queue)."""
+    exchange = unique('statelessd.nack.')
     channel.exchange_declare(exchange, 'direct')
     full = unique('statelessd.full.')
     channel.queue_declare(full, arguments={'x-max-length': 1,
                                            'x-overflow': 'reject-publish'})
-    channel.queue_bind(full, exchange, 'full')
+    channel.queue_bind(full, exchange, routing_key)
+    return exchange, full
+
+
+def test_confirm_mode_answers_from_the_broker(statelessd, amqp_root):
+    channel = amqp_root.channel
+    exchange, full = full_queue(channel, 'full')
     server = statelessd(1)
     http = Http()
     base = '/%%2f/%s/' % exchange
@@ -190,12 +195,7 @@ def test_nacked_messages_answered_204_wait_for_room(statelessd, amqp_root):
     """A queue that rejects publishes nacks; what was answered 204 is
     published again, on fresh channels, until the queue takes it."""
     channel = amqp_root.channel
-    exchange = unique('statelessd.nack.')
-    channel.exchange_declare(exchange, 'direct')
-    full = unique('statelessd.full.')
-    channel.queue_declare(full, arguments={'x-max-length': 1,
-                                           'x-overflow': 'reject-publish'})
-    channel.queue_bind(full, exchange, 'k')
+    exchange, full = full_queue(channel, 'k')
     server = statelessd(1)
     http = Http()
     path = '/%%2f/%s/k' % exchange
@@ -254,11 +254,6 @@ def test_confirm_timeout_is_504(statelessd, private_broker):
     channel.exchange_delete(name)
 
 
-def worker_pids(master_pid):
-    with open('/proc/%d/task/%d/children' % (master_pid, master_pid)) as f:
-        return [int(pid) for pid in f.read().split()]
-
-
 def spool_directory(tmp_path):
     directory = tmp_path / 'spool'
     directory.mkdir(mode=0o700)
@@ -288,10 +283,10 @@ def test_spool_replays_after_kill_9_during_outage(statelessd, outage,
     assert oct(spool_file.stat().st_mode & 0o777) == oct(0o600)
     assert oct(directory.stat().st_mode & 0o777) == oct(0o700)
 
-    [worker] = worker_pids(server.process.pid)
+    [worker] = server.children()
     os.kill(worker, signal.SIGKILL)
     killed_at = time.monotonic()
-    wait_until(lambda: worker_pids(server.process.pid) not in ([], [worker]),
+    wait_until(lambda: server.children() not in ([], [worker]),
                5, 'the master did not restart the killed worker')
     wait_until(lambda: http.get(server.port, '/stats').status == 200, 5,
                'the new worker does not serve')
@@ -454,7 +449,7 @@ def test_sigterm_without_spool_reports_the_count(statelessd, outage):
     assert 'stopped with 7 messages unconfirmed' in server.log()
 
 
-def test_idle_publisher_closes_and_reopens(statelessd, amqp_root, broker):
+def test_idle_publisher_closes_and_reopens(statelessd, amqp_root):
     channel = amqp_root.channel
     exchange = unique('statelessd.idle.')
     channel.exchange_declare(exchange, 'fanout')
@@ -470,7 +465,7 @@ def test_idle_publisher_closes_and_reopens(statelessd, amqp_root, broker):
                'the idle publisher did not close')
 
     def statelessd_connections():
-        names = broker.ctl('list_connections', 'client_properties').stdout
+        names = rabbitmqctl('list_connections', 'client_properties')
         return names.count('statelessd:%d ' % server.port)
 
     wait_until(lambda: statelessd_connections() == 0, 10,

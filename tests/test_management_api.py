@@ -10,7 +10,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import GUEST
+from support import GUEST
 
 
 def api_path(vhost, exchange):

@@ -9,7 +9,7 @@ from schemathesis.checks import (content_type_conformance,
                                  response_schema_conformance,
                                  status_code_conformance)
 
-from conftest import GUEST, basic_auth
+from support import GUEST, basic_auth
 
 OPENAPI = Path(__file__).resolve().parent.parent / "etc" / "openapi.yaml"
 schema = schemathesis.openapi.from_path(OPENAPI)

@@ -12,9 +12,8 @@ import time
 
 import pytest
 
-from conftest import Http, check_error, unique
-from delivery_support import (Load, drained, durable_target, received_ids,
-                              stats, wait_until)
+from support import (Http, Load, check_error, drained, durable_target,
+                     received_ids, stats, unique, wait_until)
 
 RENAME = '''
 import importlib.machinery

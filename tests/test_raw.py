@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import GUEST
+from support import GUEST
 
 
 def post_raw(http, server, path, body, content_type):

@@ -21,9 +21,9 @@ import urllib.parse
 import pytest
 import yaml
 
-import hardening_support as support
-from conftest import REPO, basic_auth, free_port
-from ops_support import get, nginx, request, running, settle
+import support
+from support import (REPO, Statelessd, basic_auth, free_port, get, nginx,
+                     request, settle)
 
 import statelessd
 
@@ -31,10 +31,9 @@ FORM = 'application/x-www-form-urlencoded'
 
 
 @pytest.fixture(scope='module')
-def account():
-    account = support.BrokerAccount('sec')
-    yield account
-    account.delete()
+def account(shared_account):
+    """The tests of this module share one vhost and user."""
+    return shared_account
 
 
 @pytest.fixture(scope='module')
@@ -46,10 +45,9 @@ def static(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def gateway(tmp_path_factory, static):
+def gateway(static):
     overrides = {'Application': {'paths': {'static': str(static)}}}
-    with running(tmp_path_factory.mktemp('gateway'),
-                 overrides=overrides) as instance:
+    with Statelessd(overrides) as instance:
         yield instance
 
 
@@ -140,7 +138,7 @@ def test_through_nginx_a_page_body_cannot_capture_the_next_client(
         tmp_path, account, static):
     overrides = {'Application': {'paths': {'static': str(static)}}}
     attacker, victim = bound_queue(account), bound_queue(account)
-    with running(tmp_path, overrides=overrides) as gateway, \
+    with Statelessd(overrides, directory=tmp_path) as gateway, \
             nginx(gateway.ports, workers=1) as listen:
         # The start of a publish whose body the next request would fill.
         bait = publish_request(account, attacker, b'', length=200)
@@ -290,16 +288,15 @@ def test_well_framed_chunked_publish_still_works(gateway, account, hidden):
 def checked_gateway(tmp_path):
     overrides = {'Application': {'rabbitmq': {
         'password_check_interval': 1, 'login_failure_ttl': 0.5}}}
-    with running(tmp_path, overrides=overrides) as instance:
+    with Statelessd(overrides, directory=tmp_path) as instance:
         yield instance
 
 
 @pytest.fixture
 def user():
     """A vhost and user of the test's own, which the test may delete."""
-    account = support.BrokerAccount('sec-user')
-    yield account
-    account.delete()
+    with support.BrokerAccount('user') as own:
+        yield own
 
 
 def publish_until(port, account, queue, status, password=None,
@@ -397,7 +394,7 @@ def test_the_shipped_pair_keeps_stats_from_clients_behind_nginx(tmp_path):
         'stats_allow': ['127.0.0.1/32']}}
     if 'trusted_proxies' in server:
         overrides['HTTPServer']['trusted_proxies'] = server['trusted_proxies']
-    with running(tmp_path, overrides=overrides) as gateway, \
+    with Statelessd(overrides, directory=tmp_path) as gateway, \
             nginx(gateway.ports) as listen:
         for page in ('/', '/stats', '/stats/all', '/metrics'):
             outside = get(listen, page, source='127.0.0.2')
@@ -423,7 +420,7 @@ def test_a_5xx_closes_the_connection(tmp_path):
     unreachable = {'Application': {'rabbitmq': {
         'host': '127.0.0.1', 'port': free_port(),
         'connect_timeout': 1}}}
-    with running(tmp_path, overrides=unreachable) as instance:
+    with Statelessd(unreachable, directory=tmp_path) as instance:
         raw = support.raw_exchange(instance.ports[0], (
             b'GET /health HTTP/1.1\r\nHost: statelessd\r\n\r\n'
             b'GET /health HTTP/1.1\r\nHost: statelessd\r\n\r\n'),
@@ -440,9 +437,8 @@ def test_a_5xx_closes_the_connection(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def forwarding_gateway(tmp_path_factory):
-    with running(tmp_path_factory.mktemp('xheaders'),
-                 overrides={'HTTPServer': {'xheaders': True}}) as instance:
+def forwarding_gateway():
+    with Statelessd({'HTTPServer': {'xheaders': True}}) as instance:
         yield instance
 
 
@@ -489,7 +485,7 @@ def test_two_real_ip_lines_get_no_stats(forwarding_gateway):
 def test_an_untrusted_peer_cannot_name_the_client(tmp_path, account, hidden):
     overrides = {'HTTPServer': {'xheaders': True,
                                 'trusted_proxies': ['192.0.2.0/24']}}
-    with running(tmp_path, overrides=overrides) as instance:
+    with Statelessd(overrides, directory=tmp_path) as instance:
         port = instance.ports[0]
         raw = support.raw_exchange(port, publish_request(
             account, hidden, b'direct', extra=b'X-Real-IP: 6.6.6.6\r\n'),
@@ -550,7 +546,7 @@ def test_a_stale_pidfile_is_replaced_without_logging_its_contents(
     pidfile = tmp_path / 'statelessd.pid'
     pidfile.write_text('not a pid but a secret\n')
     overrides = {'Daemon': {'pidfile': str(pidfile)}}
-    with running(tmp_path, overrides=overrides) as instance:
+    with Statelessd(overrides, directory=tmp_path) as instance:
         assert pidfile.read_text() == '%d\n' % instance.process.pid
         assert 'Replacing stale pid file' in instance.log()
         assert 'secret' not in instance.log()

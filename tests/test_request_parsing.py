@@ -12,8 +12,8 @@ import urllib.parse
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-import hardening_support as support
 import statelessd
+from support import basic_auth, encode_multipart, urlencode
 
 SETTINGS = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -124,7 +124,7 @@ def test_any_authorization_header_is_credentials_or_401(header):
 @given(PLAIN_NAME.filter(lambda t: t and ':' not in t),
        TEXT.filter(lambda t: '\x00' not in t))
 def test_basic_credentials_round_trip(user, password):
-    header = support.basic_auth(user, password)
+    header = basic_auth(user, password)
     assert statelessd.basic_credentials(header) == (user, password)
 
 
@@ -182,7 +182,7 @@ def test_any_body_is_a_message_or_4xx(content_type, body, user):
 @SETTINGS
 @given(st.lists(st.tuples(TEXT, st.binary()), max_size=8))
 def test_urlencoded_fields_round_trip(pairs):
-    body = support.urlencode(pairs)
+    body = urlencode(pairs)
     assert statelessd.form_fields(
         'application/x-www-form-urlencoded', body) == pairs
 
@@ -226,7 +226,7 @@ MULTIPART_NAME = st.text(st.characters(blacklist_categories=('Cs', 'Cc'),
 @SETTINGS
 @given(st.lists(st.tuples(MULTIPART_NAME, st.binary()), max_size=8))
 def test_multipart_fields_round_trip(pairs):
-    content_type, body = support.multipart(pairs)
+    content_type, body = encode_multipart(pairs)
     assert statelessd.form_fields(content_type, body) == pairs
 
 
@@ -253,12 +253,12 @@ def test_valid_message_round_trips(body, message_id, app_id, priority,
               ('headers', json_object(headers))]
     if encoding == 'urlencoded':
         content_type = 'application/x-www-form-urlencoded'
-        raw = support.urlencode(fields)
+        raw = urlencode(fields)
     else:
         marker_free = all(b'--hard-' not in value if isinstance(value, bytes)
                           else '--hard-' not in value for _, value in fields)
         assume(marker_free)
-        content_type, raw = support.multipart(fields)
+        content_type, raw = encode_multipart(fields)
     parsed_body, properties = parse_message(content_type, raw, 'user')
     assert parsed_body == body
     assert properties['message_id'] == message_id

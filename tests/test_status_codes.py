@@ -1,46 +1,15 @@
 """Every status code statelessd answers with, and what a client sees then."""
-import base64
 import json
 import secrets
 import socket
 import subprocess
-import threading
 import time
 
 import pytest
 
-from conftest import (
-    GUEST,
-    REPO,
-    base_config,
-    free_port,
-    require_script,
-    statelessd_command,
-    write_config,
-)
-
-WWW_AUTHENTICATE = 'Basic realm="statelessd"'
-
-#: Passwords (right and wrong) sent in this module; none may be logged.
-PASSWORDS_SENT = {"wrong-password"}
-
-
-def sentinel_arrives_first(http, server, target, assert_message, auth=None):
-    """Publish a sentinel and check it is the next message in the queue.
-
-    A request that must not publish is followed by this: had it published,
-    its message would arrive before the sentinel.
-    """
-    body = b"sentinel-" + secrets.token_hex(4).encode()
-    resp = http.post(server.port, target.path(), [("body", body)],
-                     auth=auth or target.auth)
-    assert resp.status == 204, resp
-    messages = target.consume(1, timeout=10)
-    assert len(messages) == 1, "the sentinel message never arrived"
-    assert messages[0].body == body, (
-        "a rejected request published %r" % messages[0].body)
-    assert_message(messages[0], body)
-
+from support import (GUEST, REPO, free_port, post_from_threads,
+                     sentinel_arrives_first, statelessd_command,
+                     statelessd_config, write_config)
 
 # --- 400 -------------------------------------------------------------------
 
@@ -76,7 +45,7 @@ def test_bad_field_value_is_400_naming_the_field(
     resp = http.post(server.port, target.path(),
                      {"body": "must not arrive", field: value})
     assert_error(resp, 400, mentions)
-    sentinel_arrives_first(http, server, target, assert_message)
+    sentinel_arrives_first(http, server.port, target)
 
 
 @pytest.mark.parametrize("field,value", [("priority", "abc"),
@@ -87,7 +56,7 @@ def test_bad_field_in_multipart_is_400(http, server, target, assert_error,
                      {"body": "must not arrive", field: value},
                      encoding="multipart")
     assert_error(resp, 400, [field])
-    sentinel_arrives_first(http, server, target, assert_message)
+    sentinel_arrives_first(http, server.port, target)
 
 
 def test_bad_hyphenated_alias_is_400(http, server, target, assert_error,
@@ -95,130 +64,7 @@ def test_bad_hyphenated_alias_is_400(http, server, target, assert_error,
     resp = http.post(server.port, target.path(),
                      {"body": "must not arrive", "delivery-mode": "9"})
     assert_error(resp, 400, [("delivery_mode", "delivery-mode")])
-    sentinel_arrives_first(http, server, target, assert_message)
-
-
-# --- 401 -------------------------------------------------------------------
-
-MALFORMED_AUTH = {
-    "missing": None,
-    "scheme-only": "Basic",
-    "not-base64": "Basic !!!not base64!!!",
-    "no-colon": "Basic " + base64.b64encode(b"guestguest").decode(),
-    "bearer": "Bearer abcdef",
-    "empty": "",
-}
-
-
-@pytest.mark.parametrize("name", sorted(MALFORMED_AUTH))
-def test_missing_or_malformed_auth_is_401(http, server, target, assert_error,
-                                          assert_message, name):
-    resp = http.post(server.port, target.path(), {"body": "must not arrive"},
-                     auth=MALFORMED_AUTH[name])
-    assert_error(resp, 401)
-    assert resp.header("WWW-Authenticate") == WWW_AUTHENTICATE, resp
-    sentinel_arrives_first(http, server, target, assert_message)
-
-
-@pytest.mark.parametrize("auth", [("guest", "wrong-password"),
-                                  ("guest", ""),
-                                  ("no-such-user-x", "guest")],
-                         ids=["wrong-password", "empty-password",
-                              "unknown-user"])
-def test_bad_credentials_are_401(http, server, target, assert_error,
-                                 assert_message, auth):
-    resp = http.post(server.port, target.path(), {"body": "must not arrive"},
-                     auth=auth)
-    assert_error(resp, 401)
-    assert resp.header("WWW-Authenticate") == WWW_AUTHENTICATE, resp
-    sentinel_arrives_first(http, server, target, assert_message)
-
-
-@pytest.mark.parametrize("who", ["guest", "named"])
-def test_wrong_password_never_publishes(http, server, request, assert_error,
-                                        assert_message, named_vhost, who):
-    if who == "guest":
-        tgt = request.getfixturevalue("target")
-    else:
-        tgt = request.getfixturevalue("named_target")
-    user, password = tgt.auth
-    PASSWORDS_SENT.update({password, password + "x"})
-    first = http.post(server.port, tgt.path(), {"body": "first"},
-                      auth=(user, password))
-    assert first.status == 204, first
-    # The connection opened for the right password is still open now.
-    wrong = http.post(server.port, tgt.path(), {"body": "WRONG"},
-                      auth=(user, password + "x"))
-    assert_error(wrong, 401)
-    assert wrong.header("WWW-Authenticate") == WWW_AUTHENTICATE, wrong
-    third = http.post(server.port, tgt.path(), {"body": "third"},
-                      auth=(user, password))
-    assert third.status == 204, third
-    # Had the wrong-password request published, its message would be
-    # second in the queue: messages on one route arrive in order.
-    messages = tgt.consume(2, timeout=10)
-    assert [m.body for m in messages] == [b"first", b"third"]
-
-
-def test_password_rotation(http, server, broker, target, assert_error,
-                           assert_message):
-    user = "statelessd-rot-" + secrets.token_hex(6)
-    old, new = "old-" + secrets.token_hex(8), "new-" + secrets.token_hex(8)
-    PASSWORDS_SENT.update({old, new})
-    broker.add_user(user, old)
-    try:
-        broker.set_permissions("/", user)
-        resp = http.post(server.port, target.path(), {"body": "before"},
-                         auth=(user, old))
-        assert resp.status == 204, resp
-        message = target.one()
-        assert_message(message, b"before")
-
-        broker.change_password(user, new)
-        resp = http.post(server.port, target.path(),
-                         {"body": "after", "user_id": user},
-                         auth=(user, new))
-        assert resp.status == 204, resp
-        messages = target.consume(1)
-        assert len(messages) == 1, "publish with the new password was lost"
-        assert_message(messages[0], b"after", user_id=user)
-
-        resp = http.post(server.port, target.path(), {"body": "stale"},
-                         auth=(user, old))
-        assert_error(resp, 401)
-        sentinel_arrives_first(http, server, target, assert_message,
-                               auth=(user, new))
-    finally:
-        broker.delete_user(user)
-
-
-# --- 403 -------------------------------------------------------------------
-
-
-def test_user_without_permission_on_vhost_is_403(
-        http, server, named_target, noperm_user, named_vhost, assert_error,
-        assert_message):
-    PASSWORDS_SENT.add(noperm_user.password)
-    resp = http.post(server.port, named_target.path(),
-                     {"body": "must not arrive"},
-                     auth=(noperm_user.user, noperm_user.password))
-    assert_error(resp, 403, [named_vhost.vhost])
-    sentinel_arrives_first(http, server, named_target, assert_message)
-
-
-def test_named_user_on_slash_vhost_is_403(http, server, target, named_vhost,
-                                          assert_error, assert_message):
-    resp = http.post(server.port, target.path(), {"body": "must not arrive"},
-                     auth=(named_vhost.user, named_vhost.password))
-    assert_error(resp, 403)
-    sentinel_arrives_first(http, server, target, assert_message)
-
-
-def test_nonexistent_vhost_is_403(http, server, assert_error):
-    vhost = "statelessd-missing-" + secrets.token_hex(6)
-    resp = http.post(server.port, "/%s/amq.direct/rk" % vhost,
-                     {"body": "nowhere"})
-    assert_error(resp, 403, [vhost])
+    sentinel_arrives_first(http, server.port, target)
 
 
 # --- 404 -------------------------------------------------------------------
@@ -258,47 +104,28 @@ def test_missing_exchange_in_named_vhost_is_404(http, server, named_target,
     resp = http.post(server.port, named_target.path(exchange=missing),
                      {"body": "lost"}, auth=named_target.auth)
     assert_error(resp, 404, [missing])
-    sentinel_arrives_first(http, server, named_target, assert_message)
+    sentinel_arrives_first(http, server.port, named_target)
 
 
 def test_burst_with_missing_exchanges_loses_nothing(http, server, target):
     missing = "statelessd.missing." + secrets.token_hex(6)
     threads_count, per_thread = 6, 30
-    results = []
-    lock = threading.Lock()
-    failures = []
 
-    def worker(index):
-        conn = http.connect(server.port)
-        try:
-            for i in range(per_thread):
-                if i % 3 == 1:
-                    body = b"missing-%d-%d" % (index, i)
-                    path = target.path(exchange=missing)
-                else:
-                    body = b"ok-%d-%d" % (index, i)
-                    path = target.path()
-                resp = http.post(server.port, path, [("body", body)],
-                                 conn=conn)
-                with lock:
-                    results.append((body, path, resp.status))
-        except Exception as error:  # noqa: BLE001 - reported below
-            failures.append(repr(error))
-        finally:
-            conn.close()
+    def requests_of(index):
+        for i in range(per_thread):
+            if i % 3 == 1:
+                yield (target.path(exchange=missing),
+                       b"missing-%d-%d" % (index, i), GUEST)
+            else:
+                yield target.path(), b"ok-%d-%d" % (index, i), GUEST
 
-    threads = [threading.Thread(target=worker, args=(n,))
-               for n in range(threads_count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not failures, failures
+    results = post_from_threads(http, server.port, requests_of,
+                                threads_count)
     assert len(results) == threads_count * per_thread
-    wrong = [(body, status) for body, path, status in results
+    wrong = [(body, status) for _, body, status in results
              if status != (404 if body.startswith(b"missing") else 204)]
     assert not wrong, "unexpected statuses: %r" % wrong[:10]
-    expected = sorted(body for body, _, status in results if status == 204)
+    expected = sorted(body for _, body, status in results if status == 204)
     messages = target.consume(len(expected), timeout=20)
     assert sorted(m.body for m in messages) == expected
     assert target.consume(1, timeout=1) == [], "a message arrived twice"
@@ -326,7 +153,7 @@ def test_other_methods_on_publish_path_are_405(http, server, target,
                         auth=GUEST)
     assert_error(resp, 405)
     assert (resp.header("Allow") or "").replace(" ", "") == "POST", resp
-    sentinel_arrives_first(http, server, target, assert_message)
+    sentinel_arrives_first(http, server.port, target)
 
 
 # --- Content-Type --------------------------------------------------------
@@ -396,12 +223,7 @@ def test_unreachable_broker_still_serves_stats(http, unreachable_server):
 
 
 def run_with_ports(tmp_path, ports):
-    require_script()
-    config = base_config(ports)
-    path = write_config(tmp_path, config)
-    return subprocess.run(statelessd_command(path), cwd=str(REPO),
-                          capture_output=True, text=True, timeout=30,
-                          stdin=subprocess.DEVNULL)
+    return run_config_file(write_config(tmp_path, statelessd_config(ports)))
 
 
 @pytest.mark.parametrize("bad", ["abc", 70000, -1])
@@ -416,7 +238,6 @@ def test_bad_port_exits_2_naming_the_key(tmp_path, bad):
 
 
 def run_config_file(path):
-    require_script()
     return subprocess.run(statelessd_command(path), cwd=str(REPO),
                           capture_output=True, text=True, timeout=30,
                           stdin=subprocess.DEVNULL)
@@ -436,7 +257,7 @@ def assert_one_line_exit_2(proc, *mentions):
     ("max_queue_size", "lots"),
 ])
 def test_bad_rabbitmq_setting_exits_2_naming_the_key(tmp_path, key, value):
-    config = base_config([free_port()])
+    config = statelessd_config([free_port()])
     config["Application"]["rabbitmq"][key] = value
     proc = run_config_file(write_config(tmp_path, config))
     assert_one_line_exit_2(proc, "Application.rabbitmq.%s" % key)
@@ -478,55 +299,3 @@ def test_bad_config_with_free_port_binds_nothing(tmp_path):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0, (
             "something still listens on %s" % port)
-
-
-def test_concurrent_wrong_passwords_never_publish(http, server, named_target,
-                                                  named_vhost):
-    """Right and wrong passwords for one user, interleaved from threads."""
-    user, password = named_vhost.user, named_vhost.password
-    PASSWORDS_SENT.update({password, password + "!"})
-    results = []
-    failures = []
-    lock = threading.Lock()
-
-    def worker(index):
-        conn = http.connect(server.port)
-        try:
-            for i in range(20):
-                good = (i + index) % 2 == 0
-                body = b"%s-%d-%d" % (b"good" if good else b"BAD", index, i)
-                auth = (user, password if good else password + "!")
-                resp = http.post(server.port, named_target.path(),
-                                 [("body", body)], auth=auth, conn=conn)
-                with lock:
-                    results.append((good, body, resp.status))
-        except Exception as error:  # noqa: BLE001 - reported below
-            failures.append(repr(error))
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not failures, failures
-    wrong = [(body, status) for good, body, status in results
-             if status != (204 if good else 401)]
-    assert not wrong, "unexpected statuses: %r" % wrong[:10]
-    expected = sorted(body for good, body, _ in results if good)
-    messages = named_target.consume(len(expected), timeout=20)
-    extra = named_target.consume(1, timeout=1)
-    assert not [m.body for m in messages + extra if m.body.startswith(b"BAD")]
-    assert sorted(m.body for m in messages) == expected
-    assert extra == []
-
-
-def test_no_password_sent_in_this_module_reached_the_log(server, named_vhost):
-    """Runs last here: every password the tests above sent, right or wrong,
-    is absent from the log of the server they talked to (root at DEBUG)."""
-    PASSWORDS_SENT.add(named_vhost.password)
-    log = server.log()
-    # "guest" is also a user name, so it may be logged as such.
-    leaked = sorted(p for p in PASSWORDS_SENT - {"guest"} if p in log)
-    assert not leaked, "passwords in the statelessd log: %r" % leaked

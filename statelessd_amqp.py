@@ -865,7 +865,10 @@ class Pump:
     While messages flow, the thread looks every BATCH_TICK without being
     woken: a wake per message costs a GIL hand-over each, and a tick
     gathers the messages of many requests into one batch.  Once quiet for
-    QUIET seconds it asks to be woken and sleeps.
+    QUIET seconds it asks to be woken and sleeps.  A request that waits for
+    its message's outcome would wait out the tick as well, so the first
+    such message since the thread last took from the queue wakes it at
+    once; those that come before it looks again ride along.
     """
 
     def __init__(self, incoming, link, outbox, flow):
@@ -874,10 +877,14 @@ class Pump:
         self._outbox = outbox
         self._flow = flow
         self._wake_pending = False
+        self._awaited_wake_pending = False
 
-    def wake(self, force=False):
+    def wake(self, force=False, awaited=False):
         """Have the thread look at the queue soon, from any thread; force
-        it when it would otherwise look only at its next tick."""
+        it, or awaited (a request waits for the outcome), to look now."""
+        if awaited and not self._awaited_wake_pending:
+            self._awaited_wake_pending = True
+            force = True
         if self._wake_pending and not force:
             return
         self._wake_pending = True
@@ -915,6 +922,7 @@ class Pump:
     def _publish_waiting(self):
         """Publish what waits, in one write; True if there was anything."""
         link, retry = self._link, self._outbox.retry
+        self._awaited_wake_pending = False
         sent = 0
         try:
             while retry and link.can_publish():
@@ -1104,9 +1112,11 @@ class Publisher(threading.Thread):
                             'its limit of %d' % (self.vhost, self.user,
                                                  self.pending, len(messages),
                                                  self.settings.max_queue_size))
+        awaited = False
         for message in messages:
             if self._waits(message, confirm):
                 message.mark_awaited(confirm, self.settings.confirm_timeout)
+                awaited = True
             elif message.spool_id is None and self._spool is not None:
                 self._spool.add(self.vhost, self.user, self._login.password,
                                 message)
@@ -1116,7 +1126,7 @@ class Publisher(threading.Thread):
             self._last_used = time.monotonic()
             for message in messages:
                 self._queue.put(message)
-        self._pump.wake()
+        self._pump.wake(awaited=awaited)
         self._flow.keep_pace(self._may_hold)
 
     def _waits(self, message, confirm):

@@ -15,9 +15,11 @@ run: venv broker
 	$(PY) statelessd.py -c $(CONFIG) -f
 
 # The whole suite on the default Python, then the delivery, pika and
-# cluster tests on the oldest pika setup.py allows, and the unit, publish
-# and delivery tests on the oldest and newest supported Pythons.
-CORE_TESTS := tests/test_units.py tests/test_publishing.py tests/test_delivery.py
+# cluster tests on the oldest pika setup.py allows, and the unit, publish,
+# delivery and pure-function tests on the oldest and newest supported Pythons.
+CORE_TESTS := tests/test_units.py tests/test_fields.py tests/test_settings.py \
+  tests/test_routes.py tests/test_counters.py tests/test_publisher_parts.py \
+  tests/test_publishing.py tests/test_delivery.py
 OLDEST := 3.8
 NEWEST := 3.13
 

@@ -2126,16 +2126,10 @@ class Handler(HTTPProtocol):
             fields, headers = message_fields(pairs)
             message = form_message(exchange, routing_key, fields, headers,
                                    user, mandatory)
-        try:
-            self.worker.registry.publish(vhost, user, password, message,
-                                         confirm)
-            self.published = 1
-            error = message.outcome(time.monotonic() +
-                                    self.worker.config.confirm_timeout)
-            if error is not None:
-                raise error
-        except statelessd_amqp.PublishError as error:
-            raise publish_error(error) from None
+        error = self.publish_all(vhost, user, password, [message],
+                                 confirm)[0]
+        if error is not None:
+            raise publish_error(error)
         self.send_body(204)
 
     def publish_form_batch(self, vhost, user, password, messages, confirm):

@@ -1618,12 +1618,9 @@ class Registry:
         self._refusals = Refusals(settings.login_failure_ttl)
         self._closed = False
 
-    def publish(self, vhost, user, password, message, confirm):
-        """Hand a message to vhost/user's publisher, starting one if need be."""
-        self.publish_batch(vhost, user, password, [message], confirm)
-
     def publish_batch(self, vhost, user, password, messages, confirm):
-        """Hand messages to one publisher in their order, all or none."""
+        """Hand messages to vhost/user's publisher, starting one if need
+        be, in their order, all or none."""
         for _ in range(3):
             publisher = self.publisher_for(vhost, user, password)
             try:
@@ -1716,7 +1713,7 @@ class Registry:
         backoff = BACKOFF_FIRST
         while messages and not self._closed:
             try:
-                self.publish(vhost, user, password, messages[0], False)
+                self.publish_batch(vhost, user, password, messages[:1], False)
             except PublishError as error:
                 LOGGER.warning('Spooled messages for %s:%s wait: %s', vhost,
                                user, error.reason)

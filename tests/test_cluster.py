@@ -156,39 +156,43 @@ def check_delivered(server, cluster, name, load, scenario):
     return counts
 
 
-def test_kill_9_of_the_connected_node(statelessd, cluster):
+def outage_of_the_connected_node(statelessd, cluster, scenario, outage):
+    """Run outage(server, node) on the node statelessd publishes to, under
+    load, and check that every message answered 204 arrived; the server."""
     name = quorum_target(cluster.nodes[0])
     server = cluster_gateway(statelessd, cluster)
     victim = connected_node(server, cluster, name)
     try:
         with MixedLoad(server.port, name) as load:
             time.sleep(1.5)
-            victim.kill()
-            wait_until(lambda: publisher(server)['node'] not in
-                       (None, '127.0.0.1:%d' % victim.port), 30,
-                       'statelessd did not move to another node: %s'
-                       % publisher(server))
-            time.sleep(3.0)
+            outage(server, victim)
     finally:
         cluster.ensure_running(victim)
-    check_delivered(server, cluster, name, load, 'kill -9')
+    check_delivered(server, cluster, name, load, scenario)
+    return server
+
+
+def test_kill_9_of_the_connected_node(statelessd, cluster):
+    def kill(server, victim):
+        victim.kill()
+        wait_until(lambda: publisher(server)['node'] not in
+                   (None, '127.0.0.1:%d' % victim.port), 30,
+                   'statelessd did not move to another node: %s'
+                   % publisher(server))
+        time.sleep(3.0)
+    server = outage_of_the_connected_node(statelessd, cluster, 'kill -9',
+                                          kill)
     assert publisher(server)['connections']['opened'] >= 2
 
 
 def test_stop_app_and_start_app_of_the_connected_node(statelessd, cluster):
-    name = quorum_target(cluster.nodes[0])
-    server = cluster_gateway(statelessd, cluster)
-    victim = connected_node(server, cluster, name)
-    try:
-        with MixedLoad(server.port, name) as load:
-            time.sleep(1.5)
-            victim.stop_app()
-            time.sleep(3.0)
-            victim.start_app()
-            time.sleep(1.0)
-    finally:
-        cluster.ensure_running(victim)
-    check_delivered(server, cluster, name, load, 'stop_app/start_app')
+    def stop_and_start(server, victim):
+        victim.stop_app()
+        time.sleep(3.0)
+        victim.start_app()
+        time.sleep(1.0)
+    outage_of_the_connected_node(statelessd, cluster, 'stop_app/start_app',
+                                 stop_and_start)
 
 
 def test_rolling_restart_under_load(statelessd, cluster):

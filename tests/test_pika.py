@@ -71,6 +71,16 @@ def changed_pika(tmp_path, monkeypatch):
     return install
 
 
+@pytest.fixture
+def durable(amqp_root):
+    """The name of a durable exchange and queue on /, deleted after the
+    test."""
+    name = durable_target(amqp_root.channel)
+    yield name
+    amqp_root.channel.queue_delete(name)
+    amqp_root.channel.exchange_delete(name)
+
+
 def publish_under_load(server, name, seconds=2.0):
     """Mixed load (fire-and-forget and confirm mode); the accepted ids."""
     loads = [Load(server.port, '/%%2f/%s/a' % name, threads=2, prefix='f'),
@@ -103,11 +113,11 @@ def check_nothing_lost(server, channel, name, loads):
 
 
 def test_pika_without_output_marshaled_frames_publishes_publicly(
-        statelessd, amqp_root, changed_pika):
+        statelessd, amqp_root, changed_pika, durable):
     changed_pika(RENAME.format(old='_output_marshaled_frames',
                                new='_write_marshaled_frames'))
     channel = amqp_root.channel
-    name = durable_target(channel)
+    name = durable
     server = statelessd(1)
     loads = publish_under_load(server, name)
     check_nothing_lost(server, channel, name, loads)
@@ -120,16 +130,14 @@ def test_pika_without_output_marshaled_frames_publishes_publicly(
     missing = http.post(server.port, '/%%2f/%s/x?confirm=1'
                         % unique('statelessd.none.'), {'body': 'x'})
     check_error(missing, 404, ['does not exist'])
-    channel.queue_delete(name)
-    channel.exchange_delete(name)
 
 
 def test_pika_without_body_max_length_publishes_publicly(
-        statelessd, amqp_root, changed_pika):
+        statelessd, amqp_root, changed_pika, durable):
     changed_pika(RENAME.format(old='_body_max_length',
                                new='_largest_body_frame'))
     channel = amqp_root.channel
-    name = durable_target(channel)
+    name = durable
     server = statelessd(1)
     big = 'x' * 300000
     assert Http().post(server.port, '/%%2f/%s/k' % name,
@@ -140,30 +148,25 @@ def test_pika_without_body_max_length_publishes_publicly(
     counters = stats(server.port)['connections']['/:guest']
     assert counters['publishing'] == 'basic_publish', counters
     assert '_body_max_length' in server.log()
-    channel.queue_delete(name)
-    channel.exchange_delete(name)
 
 
-def test_unmodified_pika_publishes_batched(statelessd, amqp_root):
-    channel = amqp_root.channel
-    name = durable_target(channel)
+def test_unmodified_pika_publishes_batched(statelessd, durable):
+    name = durable
     server = statelessd(1)
     assert Http().post(server.port, '/%%2f/%s/k' % name,
                        {'body': 'x'}).status == 204
     counters = stats(server.port)['connections']['/:guest']
     assert counters['publishing'] == 'batched', counters
     assert 'lacks what batched publishing needs' not in server.log()
-    channel.queue_delete(name)
-    channel.exchange_delete(name)
 
 
 def test_failure_inside_pika_loses_nothing(statelessd, amqp_root,
-                                           changed_pika):
+                                           changed_pika, durable):
     """An exception that is neither an AMQPError nor an OSError, raised by
     pika in the publisher thread while messages are unconfirmed."""
     changed_pika(FAIL_ONCE.format(call=60))
     channel = amqp_root.channel
-    name = durable_target(channel)
+    name = durable
     server = statelessd(1)
     loads = publish_under_load(server, name, seconds=3.0)
     check_nothing_lost(server, channel, name, loads)
@@ -173,5 +176,3 @@ def test_failure_inside_pika_loses_nothing(statelessd, amqp_root,
     counters = stats(server.port)['connections']['/:guest']
     assert counters['connections']['opened'] == 2, counters
     assert counters['publishing'] == 'batched', counters
-    channel.queue_delete(name)
-    channel.exchange_delete(name)

@@ -71,6 +71,9 @@ ROUTE_HANDLERS = tuple(handler for _, handler in ORIGINAL_ROUTES)
 MAX_HEADER_LINES = 100
 #: AMQP short strings (names, most properties) hold at most this many bytes.
 SHORT_STRING = 255
+#: Property fields of at most this many bytes in all are checked and built
+#: once for many messages (form_properties).
+CACHED_PROPERTIES_SIZE = 1024
 #: Who may read the statistics by default: this host and private networks.
 STATS_ALLOW = ['127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12',
                '192.168.0.0/16', 'fc00::/7']
@@ -1052,6 +1055,7 @@ class MessageProperties:
         self.checks = tuple((prop.name, prop.kind.to_property)
                             for prop in declared)
         self.by_name = {prop.name: prop for prop in declared}
+        self.names = tuple(self.by_name)
         self.aliases = {alias: prop.name for prop in declared
                         for alias in prop.aliases}
 
@@ -1115,8 +1119,33 @@ def form_message(exchange, routing_key, fields, headers, user, mandatory):
     """The message a form's fields describe."""
     return statelessd_amqp.Message(
         exchange, routing_key, fields.get('body', b''),
-        amqp_properties(message_properties(fields, headers, user)),
-        mandatory)
+        form_properties(fields, headers, user), mandatory)
+
+
+def form_properties(fields, headers, user):
+    """The BasicProperties of a form's property fields and headers[name]
+    fields.
+
+    Clients send the same few sets of properties again and again.  Short
+    sets are kept once checked and built, and the messages that share one
+    share its BasicProperties, which a publisher then encodes once for a
+    run of them.  A JSON headers object is not kept: it is no form field
+    but the management API's object, and not hashable.
+    """
+    named = tuple((name, fields[name]) for name in PROPERTIES.names
+                  if name in fields)
+    bracketed = tuple(headers.items())
+    if sum(len(name) + len(value) for name, value in named + bracketed) \
+            > CACHED_PROPERTIES_SIZE or \
+            isinstance(fields.get('headers'), dict):
+        return amqp_properties(message_properties(fields, headers, user))
+    return cached_properties(user, named, bracketed)
+
+
+@functools.lru_cache(maxsize=256)
+def cached_properties(user, named, bracketed):
+    return amqp_properties(message_properties(dict(named), dict(bracketed),
+                                              user))
 
 
 def batch_form_message(exchange, routing_key, pairs, user, mandatory):
@@ -1165,14 +1194,9 @@ def form_batch(pairs, limit):
     """
     groups = {}
     for name, value in pairs:
-        match = BATCH_FIELD.match(name)
-        if match is None:
-            raise FieldError(name, 'is not part of a batch: send '
-                             'messages[<index>][<field>] fields only')
-        index, field, rest = match.groups()
-        if not is_digits(index) or len(index) > 9:
-            raise FieldError(name, 'has an index that is not a whole number')
-        groups.setdefault(int(index), []).append((field + rest, value))
+        index, field = (batch_field(name) if len(name) <= 64
+                        else batch_field.__wrapped__(name))
+        groups.setdefault(index, []).append((field, value))
     if len(groups) > limit:
         raise batch_too_large(len(groups), limit)
     missing = next((i for i in range(len(groups)) if i not in groups), None)
@@ -1180,6 +1204,20 @@ def form_batch(pairs, limit):
         raise FieldError('messages[%d]' % missing, 'is missing: the indices '
                          'must run from 0 without gaps')
     return [groups[index] for index in range(len(groups))]
+
+
+@functools.lru_cache(maxsize=4096)
+def batch_field(name):
+    """(index, the field's own name) of a form batch's field.  Every batch
+    of a client sends the same names, so short ones are read once."""
+    match = BATCH_FIELD.match(name)
+    if match is None:
+        raise FieldError(name, 'is not part of a batch: send '
+                         'messages[<index>][<field>] fields only')
+    index, field, rest = match.groups()
+    if not is_digits(index) or len(index) > 9:
+        raise FieldError(name, 'has an index that is not a whole number')
+    return int(index), field + rest
 
 
 def batch_too_large(size, limit):
@@ -1201,15 +1239,22 @@ def batch_messages(items, build):
     return messages
 
 
+#: Where JSON text may spell a surrogate: only a \u escape can, UTF-8
+#: cannot.  Text without one needs no check that its strings encode.
+SURROGATE_ESCAPE = re.compile(r'\\u[dD][89a-fA-F]')
+
+
 def json_document(body):
     """The request body as JSON: UTF-8, numbers with a fraction as AMQP
     decimals, strings that encode as UTF-8, and nesting within the
     interpreter's recursion limit."""
     try:
-        document = json.loads(body.decode('utf-8'),
-                              parse_float=header_decimal,
+        text = body.decode('utf-8')
+        document = json.loads(text, parse_float=header_decimal,
                               parse_constant=json_constant)
-        json.dumps(document, ensure_ascii=False, default=str).encode('utf-8')
+        if SURROGATE_ESCAPE.search(text):
+            json.dumps(document, ensure_ascii=False,
+                       default=str).encode('utf-8')
     except UnicodeDecodeError:
         raise HTTPError(400, 'the body is not valid UTF-8') from None
     except UnicodeEncodeError:
@@ -1256,8 +1301,8 @@ def api_message(exchange, document, user):
     if not isinstance(properties, dict):
         raise FieldError('properties', 'must be a JSON object')
     try:
-        basic_properties = amqp_properties(message_properties(
-            json_property_fields(properties), {}, user))
+        basic_properties = form_properties(json_property_fields(properties),
+                                           {}, user)
     except FieldError as error:
         raise error.within('properties') from None
     return statelessd_amqp.Message(exchange, routing_key, body,

@@ -206,6 +206,39 @@ def test_a_declared_property_is_checked_by_its_kind():
     assert error.reason == 'field properties.cluster_id must be a string'
 
 
+def test_messages_with_the_same_short_fields_share_their_properties():
+    first = form_publish(b'body=1&content_type=text/plain&headers[x-a]=b')
+    again = form_publish(b'content_type=text/plain&body=2&headers[x-a]=b')
+    other = form_publish(b'body=3&content_type=text/html&headers[x-a]=b')
+    assert first.properties is again.properties
+    assert other.properties is not first.properties
+    assert (other.properties.content_type, other.properties.headers) == \
+        ('text/html', {'x-a': 'b'})
+    large = b'body=4&headers[x-a]=' + b'b' * 2000
+    assert form_publish(large).properties is not \
+        form_publish(large).properties
+    assert form_publish(large).properties.headers == {'x-a': 'b' * 2000}
+    document = api_document({'headers': {'x-n': 1}, 'priority': 3})
+    message = statelessd.api_message('x', document, USER)
+    assert (message.properties.headers, message.properties.priority) == \
+        ({'x-n': 1}, 3)
+    assert statelessd.api_message('x', document, USER).properties is not \
+        message.properties
+
+
+def test_shared_properties_are_checked_for_each_user():
+    fields = {'user_id': b'guest'}
+    assert statelessd.form_properties(fields, {}, 'guest').user_id == 'guest'
+    for _ in range(2):
+        error = field_error(statelessd.form_properties, fields, {}, 'other')
+        assert error.reason == ("field user_id must be the authenticated "
+                                "user 'other', RabbitMQ rejects any other")
+        error = field_error(statelessd.form_properties, {'priority': b'256'},
+                            {}, 'guest')
+        assert error.reason == ("field priority must be a whole number "
+                                "from 0 to 255, not '256'")
+
+
 # -- publish failures ---------------------------------------------------------
 
 def publish_errors(parent=statelessd_amqp.PublishError):

@@ -132,3 +132,42 @@ def test_a_nacked_request_gets_its_error_after_the_retries():
     assert isinstance(error, statelessd_amqp.Nacked)
     assert accepted.nacks == statelessd_amqp.NACK_RETRIES
     assert len(box) == 0
+
+
+def pika_frames(channel_number, frame_max_body, message):
+    """The bytes pika's own Channel.basic_publish marshals for message."""
+    frames = [pika.frame.Method(channel_number, pika.spec.Basic.Publish(
+        exchange=message.exchange, routing_key=message.routing_key,
+        mandatory=message.mandatory)).marshal(),
+        pika.frame.Header(channel_number, len(message.body),
+                          message.properties).marshal()]
+    for start in range(0, len(message.body), frame_max_body):
+        frames.append(pika.frame.Body(
+            channel_number, message.body[start:start + frame_max_body])
+            .marshal())
+    return b''.join(frames)
+
+
+def test_the_wire_frames_messages_as_pika_does():
+    """Properties shared by a run of messages are encoded once; the bytes
+    are still pika's, for bodies of no frame, one frame and several."""
+    written = []
+    connection = types.SimpleNamespace(_impl=types.SimpleNamespace(
+        _body_max_length=10, _output_marshaled_frames=written.extend))
+    channel = types.SimpleNamespace(_impl=None, channel_number=3)
+    wire = statelessd_amqp.Wire(connection, channel)
+    shared = pika.BasicProperties(content_type='text/plain',
+                                  headers={'x-a': 1, 'x-b': 'two'})
+    messages = [
+        statelessd_amqp.Message('ex', 'rk', b'', shared),
+        statelessd_amqp.Message('ex', 'rk', b'0123456789', shared),
+        statelessd_amqp.Message('ex', 'other', b'x' * 25, shared, True),
+        statelessd_amqp.Message('', 'rk', 'é'.encode() * 3,
+                                pika.BasicProperties(delivery_mode=2,
+                                                     priority=7)),
+        statelessd_amqp.Message('ex', 'rk', b'last', shared)]
+    for each in messages:
+        wire.add(each)
+    wire.flush()
+    assert written == [b''.join(pika_frames(3, 10, each)
+                                for each in messages)]

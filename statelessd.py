@@ -74,6 +74,9 @@ SHORT_STRING = 255
 #: Property fields of at most this many bytes in all are checked and built
 #: once for many messages (form_properties).
 CACHED_PROPERTIES_SIZE = 1024
+#: Field names of at most this many characters are decoded and read once
+#: for many requests (known_field_name, batch_field).
+CACHED_NAME_LENGTH = 64
 #: Who may read the statistics by default: this host and private networks.
 STATS_ALLOW = ['127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12',
                '192.168.0.0/16', 'fc00::/7']
@@ -798,7 +801,8 @@ def urlencoded_fields(body):
     for piece in body.split(b'&'):
         if piece:
             name, _, value = piece.partition(b'=')
-            fields.append((known_field_name(name) if len(name) <= 64
+            fields.append((known_field_name(name)
+                           if len(name) <= CACHED_NAME_LENGTH
                            else field_name(form_unquote(name)),
                            form_unquote(value)))
     return fields
@@ -1135,9 +1139,9 @@ def form_properties(fields, headers, user):
     named = tuple((name, fields[name]) for name in PROPERTIES.names
                   if name in fields)
     bracketed = tuple(headers.items())
-    if sum(len(name) + len(value) for name, value in named + bracketed) \
-            > CACHED_PROPERTIES_SIZE or \
-            isinstance(fields.get('headers'), dict):
+    if isinstance(fields.get('headers'), dict) or \
+            sum(len(name) + len(value) for name, value in named + bracketed) \
+            > CACHED_PROPERTIES_SIZE:
         return amqp_properties(message_properties(fields, headers, user))
     return cached_properties(user, named, bracketed)
 
@@ -1194,7 +1198,7 @@ def form_batch(pairs, limit):
     """
     groups = {}
     for name, value in pairs:
-        index, field = (batch_field(name) if len(name) <= 64
+        index, field = (batch_field(name) if len(name) <= CACHED_NAME_LENGTH
                         else batch_field.__wrapped__(name))
         groups.setdefault(index, []).append((field, value))
     if len(groups) > limit:

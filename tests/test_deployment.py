@@ -13,6 +13,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -303,16 +304,48 @@ def test_cpu_affinity_false_leaves_workers_to_the_kernel():
 
 def test_the_configuration_keeps_connections_to_statelessd():
     text = NGINX_CONF.read_text()
-    for line in ('keepalive 32;', 'proxy_http_version 1.1;',
+    for line in ('least_conn;', 'keepalive 32;', 'proxy_http_version 1.1;',
                  'proxy_set_header Connection "";',
                  'proxy_set_header X-Real-IP $remote_addr;',
                  'proxy_set_header X-Forwarded-For '
                  '$proxy_add_x_forwarded_for;',
                  'client_max_body_size 10m;'):
         assert line in text, line
+    assert text.index('least_conn;') < text.index('keepalive 32;'), \
+        'nginx needs the balancing method before keepalive'
     timeout = re.search(r'keepalive_timeout (\d+)s;', text)
     assert timeout and int(timeout.group(1)) < 75, \
         'the upstream keepalive_timeout must stay below socket_timeout 75 s'
+
+
+def test_nginx_sends_nothing_more_to_a_port_that_stalls(tmp_path):
+    """A worker that stops answering (here SIGSTOP) keeps the one request
+    nginx gave it; least_conn sends the rest to the port with nothing in
+    flight, where round-robin would send it every other one to wait."""
+    with Statelessd(ports=2, directory=tmp_path) as gateway, \
+            nginx(gateway.ports, workers=1) as listen, sink() as box:
+        stalled = gateway.worker_pids()[gateway.ports[0]]
+        bodies = ['stall-%d' % number for number in range(10)]
+        statuses, threads = {}, []
+
+        def send(body):
+            statuses[body] = publish(listen, box.path(), body).status
+        os.kill(stalled, signal.SIGSTOP)
+        try:
+            for body in bodies:
+                threads.append(threading.Thread(target=send, args=(body,)))
+                threads[-1].start()
+                threads[-1].join(2)
+            waiting = [body for body in bodies if body not in statuses]
+        finally:
+            os.kill(stalled, signal.SIGCONT)
+        for thread in threads:
+            thread.join(30)
+        assert len(waiting) == 1, \
+            '%d of 10 requests waited for the stopped port' % len(waiting)
+        assert statuses == {body: 204 for body in bodies}
+        assert sorted(box.take(len(bodies))) == sorted(
+            body.encode() for body in bodies)
 
 
 def test_publish_through_the_pool_to_two_ports(tmp_path):

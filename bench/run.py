@@ -1381,8 +1381,8 @@ publishing in a loop without confirms; the PHP rows run several PHP CLI
 processes side by side, each looping for the stated seconds: a new curl
 handle (and TCP connection) per message to one statelessd port, or a new
 php-amqp connection per message straight to RabbitMQ. The nginx rows put
-nginx (etc/nginx.conf: least_conn, upstream keepalive 32, HTTP/1.1) in
-front of the first N ports of the same statelessd. The batch rows post %d messages a request (a
+nginx, running etc/nginx.conf, in front of the first N ports of the same
+statelessd. The batch rows post %d messages a request (a
 urlencoded messages[i][field] form, fire-and-forget, or a JSON array to
 statelessd's management API endpoint, confirmed) and are reported in
 messages per second; statelessd's management API endpoint and the raw body

@@ -321,7 +321,8 @@ def test_the_configuration_keeps_connections_to_statelessd():
 def test_nginx_sends_nothing_more_to_a_port_that_stalls(tmp_path):
     """A worker that stops answering (here SIGSTOP) keeps the one request
     nginx gave it; least_conn sends the rest to the port with nothing in
-    flight, where round-robin would send it every other one to wait."""
+    flight, where round-robin would send it every other one to wait.  One
+    nginx worker: each counts only its own requests in flight."""
     with Statelessd(ports=2, directory=tmp_path) as gateway, \
             nginx(gateway.ports, workers=1) as listen, sink() as box:
         stalled = gateway.worker_pids()[gateway.ports[0]]
@@ -335,7 +336,7 @@ def test_nginx_sends_nothing_more_to_a_port_that_stalls(tmp_path):
             for body in bodies:
                 threads.append(threading.Thread(target=send, args=(body,)))
                 threads[-1].start()
-                threads[-1].join(2)
+                threads[-1].join(5)
             waiting = [body for body in bodies if body not in statuses]
         finally:
             os.kill(stalled, signal.SIGCONT)

@@ -1597,19 +1597,14 @@ class HTTPProtocol(http.server.BaseHTTPRequestHandler):
         limit = self.worker.config.max_header_size
         lines = self.buffered_head(limit)
         if lines is None:
-            lines = self.head_lines(limit)
+            try:
+                lines = read_field_lines(self.rfile, limit, HEADERS)
+            except Truncated as truncated:
+                raise HTTPError(400, str(truncated)) from None
         if len(lines) > self.worker.config.max_header_count:
             raise HTTPError(431, 'the request has more than %d header lines'
                             % self.worker.config.max_header_count)
-        headers = RequestHeaders()
-        for line in lines:
-            name, colon, value = line.partition(':')
-            if not colon or not is_token(name) or \
-                    has_field_control_characters(value):
-                raise HTTPError(400, 'malformed header line %r'
-                                % escape_controls(line[:60]))
-            headers.add(name, value.strip(' \t'))
-        return headers
+        return parse_field_lines(lines, HEADERS)
 
     def buffered_head(self, limit):
         """The header lines, taken from the read buffer in one go when the
@@ -1623,23 +1618,6 @@ class HTTPProtocol(http.server.BaseHTTPRequestHandler):
             return None
         return self.rfile.read(end + 4)[:end].decode('iso-8859-1').split(
             '\r\n')
-
-    def head_lines(self, limit):
-        """The header lines, read one by one within limit bytes."""
-        lines, size = [], 0
-        while True:
-            line = self.rfile.readline(limit - size + 1)
-            size += len(line)
-            if size > limit:
-                raise HTTPError(431, 'the request headers exceed %d bytes'
-                                % limit)
-            if not line.endswith(b'\n'):
-                raise HTTPError(400, 'the request headers are truncated')
-            if not line.endswith(b'\r\n'):
-                raise HTTPError(400, 'a header line does not end in CRLF')
-            if line == b'\r\n':
-                return lines
-            lines.append(line[:-2].decode('iso-8859-1'))
 
     def handle_expect_100(self):
         """Refuse an oversized body before the client sends it."""
@@ -1901,24 +1879,52 @@ def read_chunked(rfile, limit, trailer_limit):
         chunks.append(chunk)
 
 
-def skip_trailers(rfile, limit):
-    size = 0
+class FieldSection(collections.namedtuple('FieldSection', 'line plural')):
+    """What a reader of field lines calls the section it reads."""
+
+
+HEADERS = FieldSection('header', 'the request headers')
+TRAILERS = FieldSection('trailer', 'the trailers')
+
+
+def read_field_lines(rfile, limit, section):
+    """The lines of a header or trailer section (RFC 9112 sections 5 and
+    7.1.2) up to its empty line, within limit bytes.  Headers and
+    trailers go through this one reader, so that the two can never be
+    checked differently; Truncated when the stream ends first."""
+    lines, size = [], 0
     while True:
-        line = rfile.readline(1024)
+        line = rfile.readline(limit - size + 1)
         size += len(line)
+        if size > limit:
+            raise HTTPError(431, '%s exceed %d bytes'
+                            % (section.plural, limit))
         if not line.endswith(b'\n'):
-            raise Truncated('the chunked body is truncated')
+            raise Truncated('%s are truncated' % section.plural)
         if not line.endswith(b'\r\n'):
-            raise HTTPError(400, 'a trailer line does not end in CRLF')
+            raise HTTPError(400, 'a %s line does not end in CRLF'
+                            % section.line)
         if line == b'\r\n':
-            return
-        name, colon, value = line[:-2].decode('iso-8859-1').partition(':')
+            return lines
+        lines.append(line[:-2].decode('iso-8859-1'))
+
+
+def parse_field_lines(lines, section):
+    """RequestHeaders of the lines; 400 naming the first malformed one."""
+    fields = RequestHeaders()
+    for line in lines:
+        name, colon, value = line.partition(':')
         if not colon or not is_token(name) or \
                 has_field_control_characters(value):
-            raise HTTPError(400, 'malformed trailer line %r'
-                            % escape_controls(line[:60].decode('iso-8859-1')))
-        if size > limit:
-            raise HTTPError(431, 'the trailers exceed %d bytes' % limit)
+            raise HTTPError(400, 'malformed %s line %r'
+                            % (section.line, escape_controls(line[:60])))
+        fields.add(name, value.strip(' \t'))
+    return fields
+
+
+def skip_trailers(rfile, limit):
+    """Check a chunked body's trailers as headers are checked; drop them."""
+    parse_field_lines(read_field_lines(rfile, limit, TRAILERS), TRAILERS)
 
 
 def client_ip(peer, headers, config):

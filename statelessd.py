@@ -753,11 +753,12 @@ def unauthorized(reason):
                      {'WWW-Authenticate': 'Basic realm="statelessd"'})
 
 
-def query_flag(query, name, default):
-    values = query.get(name)
+def query_flag(pairs, name, default):
+    """The last non-empty value of the query parameter name as a flag."""
+    values = [value for field, value in pairs if field == name and value]
     if not values:
         return default
-    word = values[-1].strip().lower()
+    word = values[-1].decode('latin-1').strip().lower()
     if word in TRUE_WORDS:
         return True
     if word in FALSE_WORDS:
@@ -1166,8 +1167,9 @@ def batch_form_message(exchange, routing_key, pairs, user, mandatory):
 def raw_message(exchange, routing_key, body, content_type, query, user,
                 mandatory):
     """A body published as it is, its properties named in the query string
-    and its content_type the request's unless the query names one."""
-    fields, headers = message_fields(query_fields(query))
+    (query_fields) and its content_type the request's unless the query
+    names one."""
+    fields, headers = message_fields(query)
     fields['body'] = body
     if 'content_type' not in fields:
         fields['content_type'] = content_type.encode('latin-1')
@@ -2160,10 +2162,9 @@ class Handler(HTTPProtocol):
         """The original's form API; a body that is not a form is published
         as it is, and messages[i][...] fields make a batch."""
         user, password = self.credentials
-        query = self.query
-        flags = urllib.parse.parse_qs(query) if query else {}
-        confirm = query_flag(flags, 'confirm', self.worker.config.confirm)
-        mandatory = query_flag(flags, 'mandatory', False)
+        query = query_fields(self.query)
+        confirm = query_flag(query, 'confirm', self.worker.config.confirm)
+        mandatory = query_flag(query, 'mandatory', False)
         content_type = self.headers.get('Content-Type')
         body = self.read_body()
         pairs = form_fields(content_type, body)

@@ -48,7 +48,7 @@ def parse_message(content_type, body, user):
     if pairs is None:
         # Header values arrive as latin-1 text, one character per byte.
         wire_type = content_type.encode('utf-8').decode('latin-1')
-        message = statelessd.raw_message('x', 'rk', body, wire_type, '',
+        message = statelessd.raw_message('x', 'rk', body, wire_type, [],
                                          user, False)
         return message.body, {name: value for name, value
                               in vars(message.properties).items()

@@ -269,8 +269,9 @@ def basic_properties(mapping):
     return properties
 
 
-def password_digest(salt, password):
-    return hashlib.sha256(salt + password.encode('utf-8')).digest()
+def password_digest(salt, secret):
+    """The one salted digest statelessd keeps in place of a password."""
+    return hashlib.sha256(salt + secret.encode('utf-8')).digest()
 
 
 def connection_parameters(settings, host, port, vhost, user, password):
@@ -1624,8 +1625,8 @@ class Refusals:
         self._entries = collections.OrderedDict()
 
     def _key(self, vhost, user, password):
-        return hmac.new(self._salt, json.dumps([vhost, user, password])
-                        .encode(), hashlib.sha256).digest()
+        return password_digest(self._salt,
+                               json.dumps([vhost, user, password]))
 
     def check(self, vhost, user, password):
         """Raise the refusal remembered for these credentials, if any."""

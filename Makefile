@@ -192,10 +192,12 @@ chromium:
 # etc/pyz_main.py, the archive's __main__.py, refuses older ones in one line.
 # PY=/path/to/python builds with an interpreter that has both already.
 PYZ_BUILD := build/pyz
+# The modules are declared once, in setup.py's py_modules.
+MODULES = $(shell sed -n "s/.*py_modules=\[\(.*\)\].*/\1/p" setup.py | tr -d "',")
 pyz: $(if $(filter command line,$(origin PY)),,venv)
 	rm -rf $(PYZ_BUILD)
 	mkdir -p $(PYZ_BUILD) dist
-	cp statelessd.py statelessd_amqp.py statelessd_stats.py $(PYZ_BUILD)/
+	cp $(MODULES:%=%.py) $(PYZ_BUILD)/
 	$(PY) -c 'import os, pika, yaml; [print(os.path.dirname(m.__file__)) for m in (pika, yaml)]' \
 	  | while read package; do cp -R "$$package" $(PYZ_BUILD)/; done
 	rm -f $(PYZ_BUILD)/yaml/_yaml*

@@ -131,9 +131,13 @@ def require_python(version):
     return path
 
 
+#: The modules, as setup.py declares them.
+MODULES = re.search(r"py_modules=\[([^\]]*)\]",
+                    (REPO / 'setup.py').read_text())[1].replace("'", '').split(', ')
+
 #: The files make pyz reads.
-PYZ_SOURCES = ('Makefile', 'setup.py', 'statelessd.py', 'statelessd_amqp.py',
-               'statelessd_stats.py', 'etc/pyz_main.py')
+PYZ_SOURCES = ('Makefile', 'setup.py', 'etc/pyz_main.py') + tuple(
+    module + '.py' for module in MODULES)
 
 
 def make_in_copy(target, sources, directory):

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 import statelessd
-from support import (NGINX_CONF, PYTHON, PYZ_SOURCES, REPO, SCRIPT, Statelessd,
-                     assert_json_error, free_port, get, make_ca, make_in_copy,
+from support import (MODULES, NGINX_CONF, PYTHON, PYZ_SOURCES, REPO, SCRIPT,
+                     Statelessd, assert_json_error, free_port, get, make_ca, make_in_copy,
                      make_server_certificate, nginx, process_status, publish,
                      request, require_python, require_tool, settle, sink,
                      statelessd_config, tls_terminator, write_config)
@@ -467,9 +467,8 @@ def test_the_pyz_bundles_pure_python_only(pyz):
     with zipfile.ZipFile(str(pyz)) as archive:
         names = archive.namelist()
     assert '__main__.py' in names
-    for module in ('statelessd.py', 'statelessd_amqp.py',
-                   'statelessd_stats.py', 'pika/__init__.py',
-                   'yaml/__init__.py'):
+    for module in [name + '.py' for name in MODULES] + [
+            'pika/__init__.py', 'yaml/__init__.py']:
         assert module in names, module
     assert not [n for n in names if n.endswith(('.so', '.pyc'))], names
 
@@ -515,8 +514,7 @@ def test_pip_install_below_the_floor_is_refused(tmp_path):
     python = make_venv(require_python(BELOW_FLOOR[-1]), tmp_path / 'venv')
     source = tmp_path / 'source'
     source.mkdir()
-    for name in ('setup.py', 'README.md', 'statelessd.py',
-                 'statelessd_amqp.py', 'statelessd_stats.py'):
+    for name in ['setup.py', 'README.md'] + [m + '.py' for m in MODULES]:
         shutil.copy(str(REPO / name), str(source / name))
     result = subprocess.run([python, '-m', 'pip', 'install', '--no-index',
                              '--no-deps', '--no-build-isolation',
